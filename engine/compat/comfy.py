@@ -1,0 +1,118 @@
+"""ComfyUI API-format prompts -> our workflows, so ComfyUI clients and files run unchanged.
+
+A ComfyUI prompt is `{id: {"class_type": ..., "inputs": {name: literal | [source_id, output_index]}}}`.
+Each supported class type maps to one of our nodes: its input names, its numbered outputs as our named
+outputs, and (where the vocabularies differ, e.g. sampler names) a value translation. The table is data:
+`COMFY_CLASSES`, extended by the node families that define the target nodes (`register_comfy_class`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..workflow import CURRENT_VERSION, FORMAT
+
+
+class ComfyTranslationError(ValueError):
+    """A prompt we cannot translate; the message names the ComfyUI node id and class."""
+
+    def __init__(self, node_id: str | None, message: str):
+        self.node_id = node_id
+        super().__init__(f"node {node_id}: {message}" if node_id is not None else message)
+
+
+@dataclass
+class ComfyClass:
+    our_type: str
+    inputs: dict[str, str | None] = field(default_factory=dict)  # comfy input -> our input (None: dropped)
+    outputs: list[str] = field(default_factory=list)  # comfy output index -> our output name
+    convert: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # on the translated literal inputs
+    output_node: bool = False
+
+
+COMFY_CLASSES: dict[str, ComfyClass] = {}
+
+
+def register_comfy_class(name: str, spec: ComfyClass) -> None:
+    COMFY_CLASSES[name] = spec
+
+
+def is_comfy_prompt(data: Any) -> bool:
+    """ComfyUI API format: an object of objects with `class_type` (optionally wrapped in {"prompt": ...})."""
+    if not isinstance(data, dict) or "format" in data:
+        return False
+    if "prompt" in data and isinstance(data["prompt"], dict):
+        data = data["prompt"]
+    return bool(data) and all(isinstance(v, dict) and "class_type" in v for v in data.values())
+
+
+def _ensure_tables() -> None:
+    # the node families register their ComfyUI equivalents when imported
+    if not COMFY_CLASSES or "CheckpointLoaderSimple" not in COMFY_CLASSES:
+        import importlib
+
+        for mod in ("nodes.image", "nodes.comfy_compat"):
+            try:
+                importlib.import_module(mod)
+            except ImportError:
+                pass
+
+
+def prompt_to_workflow(prompt: dict) -> dict:
+    """Translate a ComfyUI API prompt into a version-1 workflow (node ids kept)."""
+    _ensure_tables()
+    if "prompt" in prompt and isinstance(prompt["prompt"], dict) and "class_type" not in prompt.get("prompt", {}):
+        prompt = prompt["prompt"]
+    nodes: dict[str, dict] = {}
+    for nid, entry in prompt.items():
+        cls = entry.get("class_type")
+        spec = COMFY_CLASSES.get(cls)
+        if spec is None:
+            raise ComfyTranslationError(str(nid), f"ComfyUI class_type {cls!r} is not supported "
+                                                  f"(supported: {', '.join(sorted(COMFY_CLASSES))})")
+        inputs: dict[str, Any] = {}
+        links: dict[str, Any] = {}
+        for name, value in (entry.get("inputs") or {}).items():
+            target = spec.inputs.get(name, name)
+            if target is None:
+                continue
+            if isinstance(value, list) and len(value) == 2 and isinstance(value[1], int) and isinstance(value[0], (str, int)):
+                src = str(value[0])
+                src_entry = prompt.get(src) if src in prompt else prompt.get(value[0])
+                if src_entry is None:
+                    raise ComfyTranslationError(str(nid), f"input {name!r} links to node {src!r}, which does not exist")
+                src_spec = COMFY_CLASSES.get(src_entry.get("class_type"))
+                if src_spec is None:
+                    raise ComfyTranslationError(src, f"ComfyUI class_type {src_entry.get('class_type')!r} is not supported")
+                if not 0 <= value[1] < len(src_spec.outputs):
+                    raise ComfyTranslationError(str(nid), f"input {name!r} links to output {value[1]} of {src} "
+                                                          f"({src_entry.get('class_type')}), which has {len(src_spec.outputs)} outputs")
+                links[target] = {"node": src, "output": src_spec.outputs[value[1]]}
+            else:
+                inputs[target] = {"value": value} if isinstance(value, dict) else value
+        if spec.convert is not None:
+            try:
+                inputs = spec.convert(inputs)
+            except ComfyTranslationError:
+                raise
+            except ValueError as exc:
+                raise ComfyTranslationError(str(nid), str(exc)) from None
+        inputs.update(links)
+        title = (entry.get("_meta") or {}).get("title")
+        nodes[str(nid)] = {"type": spec.our_type, "inputs": inputs, "ui": {"comfy_class": cls, **({"title": title} if title else {})}}
+    return {"format": FORMAT, "version": CURRENT_VERSION, "nodes": nodes, "ui": {"source": "comfyui-api"}}
+
+
+def _image_scale(inputs: dict) -> dict:
+    method = inputs.pop("upscale_method", "bilinear")
+    inputs["method"] = {"nearest-exact": "nearest", "bislerp": "bilinear"}.get(method, method)
+    return inputs
+
+
+register_comfy_class("SaveImage", ComfyClass("SaveImage", outputs=[], output_node=True))
+register_comfy_class("PreviewImage", ComfyClass("PreviewImage", outputs=[], output_node=True))
+register_comfy_class("LoadImage", ComfyClass("LoadImage", inputs={"upload": None}, outputs=["image", "mask"]))
+register_comfy_class("ImageScale", ComfyClass("ImageResize", inputs={"image": "image"}, outputs=["image"], convert=_image_scale))
+register_comfy_class("ImageScaleBy", ComfyClass("ImageScaleBy", inputs={"scale_by": "scale"}, outputs=["image"], convert=_image_scale))
+register_comfy_class("ImageInvert", ComfyClass("ImageInvert", outputs=["image"]))

@@ -1,0 +1,196 @@
+"""Image nodes that need no model: load, save, preview, resize, crop, pad, composite, invert, blur."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from engine.node import Choices, FileRef, NodeContext, NodeError, NodeUI, Outputs, Widget, node
+from engine.types import IMAGE, MASK
+
+MAX_SIZE = 16384
+
+
+def _input_images(settings) -> list[str]:
+    from nodes.impl.images import list_images
+
+    return list_images(settings.folders().input) if settings is not None else []
+
+
+def _input_fingerprint(inputs: dict, settings) -> str:
+    from nodes.impl.images import safe_join
+
+    try:
+        p = safe_join(settings.folders().input, inputs["image"])
+        st = p.stat()
+        return f"{st.st_size}:{st.st_mtime_ns}"
+    except Exception as exc:
+        return f"missing:{exc}"
+
+
+class LoadedImage(Outputs):
+    image: IMAGE
+    mask: MASK
+
+
+@node(category="image", fingerprint=_input_fingerprint)
+def load_image(image: Annotated[str, Choices(_input_images), Widget(upload="image")], ctx: NodeContext) -> LoadedImage:
+    """Load an image from the input folder; its alpha channel becomes a MASK (transparent = 1)."""
+    from PIL import Image, UnidentifiedImageError
+
+    from nodes.impl.images import UnsafePath, list_images, pil_to_tensor, safe_join
+
+    try:
+        path = safe_join(ctx.folders.input, image)
+    except UnsafePath as exc:
+        raise NodeError(str(exc)) from None
+    if not path.is_file():
+        have = list_images(ctx.folders.input)
+        raise NodeError(f"image {image!r} not found in {ctx.folders.input}; it holds: {have[:20] or 'nothing'}")
+    try:
+        with Image.open(path) as img:
+            t, m = pil_to_tensor(img)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise NodeError(f"{path.name} is not an image Pillow can read: {exc}") from None
+    return LoadedImage(image=t, mask=m)
+
+
+def _save(images, ctx: NodeContext, prefix: str, kind: str) -> NodeUI:
+    from nodes.impl.images import UnsafePath, atomic_save_png, next_counter, png_info, safe_join, tensor_to_pils
+
+    root = ctx.folders.folder_of(kind)
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        target = safe_join(root, prefix + ".png")
+    except UnsafePath as exc:
+        raise NodeError(str(exc)) from None
+    folder, stem = target.parent, target.name[:-4]
+    subfolder = folder.relative_to(root.resolve()).as_posix() if folder != root.resolve() else ""
+    info = png_info(ctx.workflow, ctx.prompt)
+    refs = []
+    counter = next_counter(folder, stem)
+    for img in tensor_to_pils(images):
+        name = f"{stem}_{counter:05d}_.png"
+        atomic_save_png(img, folder / name, info, compress_level=4 if kind == "output" else 1)
+        refs.append(FileRef(filename=name, subfolder=subfolder, type=kind))
+        counter += 1
+    return NodeUI(images=refs)
+
+
+@node(category="image", output_node=True)
+def save_image(images: IMAGE, ctx: NodeContext,
+               filename_prefix: Annotated[str, Field(description="file name start; may include a sub-folder")] = "loom") -> NodeUI:
+    """Save PNGs to the output folder, with the workflow embedded (ComfyUI-compatible text chunks)."""
+    return _save(images, ctx, filename_prefix, "output")
+
+
+@node(category="image", output_node=True, deterministic=True)
+def preview_image(images: IMAGE, ctx: NodeContext) -> NodeUI:
+    """Show images without keeping them (written to the temporary folder)."""
+    return _save(images, ctx, f"preview_{ctx.run_id[:8]}_{ctx.node_id}", "temp")
+
+
+Interp = Literal["nearest", "bilinear", "bicubic", "area", "lanczos"]
+
+
+@node(category="image/transform")
+def image_resize(
+    image: IMAGE,
+    width: Annotated[int, Field(512, ge=1, le=MAX_SIZE)] = 512,
+    height: Annotated[int, Field(512, ge=1, le=MAX_SIZE)] = 512,
+    method: Interp = "bilinear",
+    crop: Literal["disabled", "center"] = "disabled",
+) -> IMAGE:
+    """Resize to an exact size; `center` crop keeps the aspect ratio by cutting the overflow first."""
+    from nodes.impl.transform import resize_image
+
+    return resize_image(image, width, height, method, crop)
+
+
+@node(category="image/transform")
+def image_scale_by(image: IMAGE, scale: Annotated[float, Field(2.0, ge=0.01, le=16.0), Widget(step=0.05)] = 2.0,
+                   method: Interp = "bilinear") -> IMAGE:
+    """Resize by a factor."""
+    from nodes.impl.transform import resize_image
+
+    h, w = image.shape[1:3]
+    return resize_image(image, max(1, round(w * scale)), max(1, round(h * scale)), method, "disabled")
+
+
+@node(category="image/transform")
+def image_crop(
+    image: IMAGE,
+    width: Annotated[int, Field(512, ge=1, le=MAX_SIZE)] = 512,
+    height: Annotated[int, Field(512, ge=1, le=MAX_SIZE)] = 512,
+    x: Annotated[int, Field(0, ge=0, le=MAX_SIZE)] = 0,
+    y: Annotated[int, Field(0, ge=0, le=MAX_SIZE)] = 0,
+) -> IMAGE:
+    """Cut a rectangle out of the image (clipped to the image)."""
+    h, w = image.shape[1:3]
+    if x >= w or y >= h:
+        raise NodeError(f"crop origin ({x}, {y}) lies outside the {w}x{h} image")
+    return image[:, y:min(h, y + height), x:min(w, x + width), :].clone()
+
+
+class Padded(Outputs):
+    image: IMAGE
+    mask: MASK
+
+
+@node(category="image/transform")
+def image_pad(
+    image: IMAGE,
+    left: Annotated[int, Field(0, ge=0, le=MAX_SIZE)] = 0,
+    top: Annotated[int, Field(0, ge=0, le=MAX_SIZE)] = 0,
+    right: Annotated[int, Field(0, ge=0, le=MAX_SIZE)] = 0,
+    bottom: Annotated[int, Field(0, ge=0, le=MAX_SIZE)] = 0,
+    value: Annotated[float, Field(0.0, ge=0.0, le=1.0), Widget(step=0.01)] = 0.0,
+    mode: Literal["constant", "edge", "reflect"] = "constant",
+) -> Padded:
+    """Add borders (e.g. to outpaint); the MASK marks the new area with 1."""
+    import torch
+    import torch.nn.functional as F
+
+    x = image.movedim(-1, 1)
+    pad = (left, right, top, bottom)
+    if mode == "constant":
+        out = F.pad(x, pad, mode="constant", value=value)
+    else:
+        out = F.pad(x, pad, mode="replicate" if mode == "edge" else "reflect")
+    b, _, h, w = out.shape
+    mask = torch.ones((b, h, w), dtype=image.dtype)
+    mask[:, top:top + image.shape[1], left:left + image.shape[2]] = 0
+    return Padded(image=out.movedim(1, -1).contiguous(), mask=mask)
+
+
+@node(category="image/compose")
+def image_composite(
+    destination: IMAGE,
+    source: IMAGE,
+    x: Annotated[int, Field(0, ge=-MAX_SIZE, le=MAX_SIZE)] = 0,
+    y: Annotated[int, Field(0, ge=-MAX_SIZE, le=MAX_SIZE)] = 0,
+    mask: MASK | None = None,
+) -> IMAGE:
+    """Paste `source` onto `destination` at (x, y), optionally through a mask (1 = take the source)."""
+    from nodes.impl.transform import composite
+
+    return composite(destination, source, x, y, mask)
+
+
+@node(category="image/adjust")
+def image_invert(image: IMAGE) -> IMAGE:
+    """Turn every pixel into its complement (1 - value)."""
+    return 1.0 - image
+
+
+@node(category="image/adjust")
+def image_blur(
+    image: IMAGE,
+    radius: Annotated[int, Field(2, ge=1, le=64)] = 2,
+    sigma: Annotated[float, Field(1.0, ge=0.1, le=32.0), Widget(step=0.1)] = 1.0,
+) -> IMAGE:
+    """Gaussian blur with a (2*radius+1)-wide kernel; edges are reflected, so borders do not darken."""
+    from nodes.impl.transform import gaussian_blur
+
+    return gaussian_blur(image, radius, sigma)

@@ -1,0 +1,116 @@
+"""Pixel helpers for the image nodes: conversions between tensors and PIL, safe file paths, PNG writing.
+
+IMAGE tensors are float32 [batch, height, width, channels] in 0..1 (ComfyUI's layout, so converted
+workflows and custom nodes agree); MASK tensors are float32 [batch, height, width].
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, PngImagePlugin
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+class UnsafePath(ValueError):
+    pass
+
+
+def safe_join(root: Path, relative: str) -> Path:
+    """`root/relative`, refusing absolute paths, `..` and symlinks that lead out of `root`."""
+    if not relative or "\x00" in relative:
+        raise UnsafePath(f"empty or invalid file name {relative!r}")
+    rel = Path(relative)
+    if rel.is_absolute() or any(part == ".." for part in rel.parts) or relative.startswith(("/", "\\")):
+        raise UnsafePath(f"file name {relative!r} must stay inside {root}")
+    root_resolved = root.resolve()
+    target = (root / rel).resolve()
+    if target != root_resolved and root_resolved not in target.parents:
+        raise UnsafePath(f"file name {relative!r} leads outside {root}")
+    return target
+
+
+def list_images(folder: Path) -> list[str]:
+    if not folder.is_dir():
+        return []
+    out = []
+    for p in sorted(folder.rglob("*")):
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts):
+            out.append(p.relative_to(folder).as_posix())
+    return out
+
+
+def pil_to_tensor(img: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
+    """One PIL image -> (IMAGE [1,H,W,3], MASK [1,H,W]); the mask is 1 - alpha (painted-out = change)."""
+    img = ImageOps.exif_transpose(img)
+    if img.mode == "I":
+        img = img.point(lambda v: v * (1 / 255))
+    rgba = img.convert("RGBA")
+    arr = np.asarray(rgba, dtype=np.float32) / 255.0
+    image = torch.from_numpy(arr[..., :3].copy())[None]
+    if "A" in img.getbands():
+        mask = 1.0 - torch.from_numpy(arr[..., 3].copy())[None]
+    else:
+        mask = torch.zeros((1, arr.shape[0], arr.shape[1]), dtype=torch.float32)
+    return image, mask
+
+
+def tensor_to_pils(images: torch.Tensor) -> list[Image.Image]:
+    arr = (images.detach().float().clamp(0, 1).cpu().numpy() * 255.0).round().astype(np.uint8)
+    out = []
+    for a in arr:
+        if a.shape[-1] == 1:
+            a = a[..., 0]
+        out.append(Image.fromarray(a))
+    return out
+
+
+def png_info(workflow: dict | None, prompt: dict | None, extra: dict[str, Any] | None = None) -> PngImagePlugin.PngInfo:
+    """Text chunks as ComfyUI writes them, so either tool can load the workflow back from the PNG."""
+    info = PngImagePlugin.PngInfo()
+    if prompt is not None:
+        info.add_text("prompt", json.dumps(prompt))
+    if workflow is not None:
+        info.add_text("workflow", json.dumps(workflow))
+    for k, v in (extra or {}).items():
+        info.add_text(k, v if isinstance(v, str) else json.dumps(v))
+    return info
+
+
+def atomic_save_png(img: Image.Image, path: Path, pnginfo: PngImagePlugin.PngInfo | None, compress_level: int = 4) -> None:
+    """Write to a temporary file in the same folder, then rename: a file is complete or absent."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            img.save(f, format="PNG", pnginfo=pnginfo, compress_level=compress_level)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+_COUNTER_RE = re.compile(r"_(\d{5})_\.png$")
+
+
+def next_counter(folder: Path, stem: str) -> int:
+    """The next free counter for `stem_00001_.png`-style names (ComfyUI's naming)."""
+    best = 0
+    if folder.is_dir():
+        for p in folder.glob(f"{glob_escape(stem)}_*_.png"):
+            m = _COUNTER_RE.search(p.name)
+            if m and p.name[: -len(m.group(0))] == stem:
+                best = max(best, int(m.group(1)))
+    return best + 1
+
+
+def glob_escape(text: str) -> str:
+    return re.sub(r"([\[\]*?])", r"[\1]", text)
