@@ -34,6 +34,15 @@ class Settings:
     cache_bytes: int = 4 * 1024**3
     vram_budget_bytes: int | None = None
     fast: bool = False
+    _devices: object = field(default=None, repr=False, compare=False)
+
+    def devices(self):
+        """The DeviceManager for these settings (created on first use; imports torch)."""
+        if self._devices is None:
+            from .devices import DeviceManager
+
+            self._devices = DeviceManager.from_settings(self)
+        return self._devices
 
     def folders(self) -> Folders:
         return Folders(

@@ -52,6 +52,7 @@ def socket_type(name: str, color: str = "#9e9e9e", description: str = "", supert
         if parent not in _TYPES:
             raise ValueError(f"socket type {name!r} names unknown super-type {parent!r}")
     _TYPES[name] = new
+    _COMPAT_CACHE.clear()  # an answer cached before this declaration (e.g. "unknown -> False") is stale
     return new
 
 
@@ -124,7 +125,8 @@ UNET = socket_type("UNET", "#b39ddb", "A denoising UNet handle (with any LoRA / 
 TEXT_ENCODER = socket_type("TEXT_ENCODER", "#ffd54f", "Tokenizer(s) + text encoder(s) handle.")
 VAE = socket_type("VAE", "#ef5350", "An autoencoder handle.")
 SCHEDULER = socket_type("SCHEDULER", "#4db6ac", "A configured scheduler: algorithm, sigmas, steps.")
-TIMESTEPS = socket_type("TIMESTEPS", "#26a69a", "The timesteps / sigmas a sampler walks through.")
+TIMESTEP = socket_type("TIMESTEP", "#26a69a", "The current timestep of a denoise loop.")
+SAMPLER = socket_type("SAMPLER", "#009688", "The live state of a denoise loop: scheduler instance, timesteps, noise generator.")
 NOISE_PRED = socket_type("NOISE_PRED", "#ce93d8", "A model's prediction for one step (epsilon, v or sample).")
 CONTROL_NET = socket_type("CONTROL_NET", "#00bcd4", "A ControlNet model handle.")
 LORA = socket_type("LORA", "#9575cd", "A LoRA patch description.")

@@ -1,0 +1,176 @@
+"""The denoise loop's stages as plain functions: prepare, predict noise, guidance, scheduler step.
+
+Both the open loop (a loop node whose body graph wires the stage nodes) and the one-node `Sample` call
+exactly these functions in the same order, so they give the same picture; and the order of operations
+follows diffusers' pipelines step for step, so both equal `StableDiffusionPipeline` bit for bit in fp32.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from engine.node import NodeError
+
+from .handles import Conditioning, Latent, NoisePrediction, NoiseSpec, SamplerState, SchedulerSpec, UNetHandle, family_label, latent_space
+from .schedulers import set_timesteps, step_kwargs
+
+
+def check_family(what: str, family: str | None, model_family: str, model_what: str, latent: bool = False) -> None:
+    if latent:
+        same = latent_space(family) == latent_space(model_family)
+    else:
+        same = family == model_family
+    if family and model_family and not same:
+        raise NodeError(f"{what} was made for {family_label(family)} but the {model_what} is {family_label(model_family)}: "
+                        "latents and conditioning only work with the model family that made them")
+
+
+def prepare(unet: UNetHandle, latent: Latent, noise: NoiseSpec, spec: SchedulerSpec, devices: Any,
+            vae_scale: int = 8) -> tuple[SamplerState, torch.Tensor]:
+    """Fresh scheduler + timesteps, and the starting latents, as the diffusers pipelines compute them.
+
+    An all-zero latent (EmptyLatent) or an inpainting latent at full denoise starts from pure noise
+    (`noise * init_noise_sigma`, txt2img); any other latent is noised to the first timestep (img2img).
+    """
+    check_family("the latent", latent.family, unet.family, "UNet", latent=True)
+    device, dtype = devices.device, devices.dtype
+    sched, timesteps, _ = set_timesteps(spec, device)
+    if len(timesteps) == 0:
+        raise NodeError(f"{spec.steps} steps at denoise {spec.denoise} leave no step to run; raise steps or denoise")
+    samples = latent.samples.to(device=device, dtype=dtype)
+    g = noise.generator()
+    noise_t = torch.randn(samples.shape, generator=g, dtype=dtype, device="cpu").to(device)
+    empty = torch.count_nonzero(latent.samples) == 0
+    if empty or (spec.denoise >= 1.0 and (latent.noise_mask is not None or latent.inpaint is not None)):
+        # diffusers' txt2img and inpainting pipelines start from pure noise at full strength
+        x = noise_t * sched.init_noise_sigma
+    else:
+        x = sched.add_noise(samples, noise_t, timesteps[:1].repeat(samples.shape[0]))
+    h, w = samples.shape[-2:]
+    state = SamplerState(
+        scheduler=sched, timesteps=timesteps, generator=g, spec=spec, device=device, dtype=dtype,
+        step_kwargs=step_kwargs(sched, g, spec.eta), total=len(timesteps), image_size=(h * vae_scale, w * vae_scale),
+    )
+    inpaint_unet = latent.inpaint is not None and unet.in_channels == samples.shape[1] + latent.inpaint.shape[1]
+    if inpaint_unet:
+        state.inpaint = latent.inpaint.to(device=device, dtype=dtype)
+    elif unet.in_channels != samples.shape[1]:
+        raise NodeError(f"the UNet takes {unet.in_channels} input channels but the latent has {samples.shape[1]}"
+                        + (" (an inpainting UNet needs the latent from VAEEncodeForInpaint)" if unet.in_channels == 9 else ""))
+    elif latent.noise_mask is not None:
+        state.init_latents = samples
+        state.noise = noise_t
+        state.noise_mask = _mask_to_latent(latent.noise_mask, samples).to(device=device, dtype=dtype)
+    return state, x
+
+
+def _mask_to_latent(mask: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
+    m = mask
+    if m.ndim == 3:
+        m = m[:, None]
+    m = torch.nn.functional.interpolate(m.float(), size=samples.shape[-2:], mode="nearest")
+    if m.shape[0] != samples.shape[0]:
+        m = m.repeat(math.ceil(samples.shape[0] / m.shape[0]), 1, 1, 1)[: samples.shape[0]]
+    return m
+
+
+def _lcm_repeat(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Conditionings of different lengths (long prompts) are repeated to a common length (as ComfyUI)."""
+    la, lb = a.shape[1], b.shape[1]
+    if la == lb:
+        return a, b
+    n = la * lb // math.gcd(la, lb)
+    return a.repeat(1, n // la, 1), b.repeat(1, n // lb, 1)
+
+
+def _batch(t: torch.Tensor, n: int) -> torch.Tensor:
+    if t.shape[0] == n:
+        return t
+    if n % t.shape[0]:
+        raise NodeError(f"conditioning batch {t.shape[0]} does not divide latent batch {n}")
+    reps = n // t.shape[0]
+    return t.repeat_interleave(reps, dim=0) if t.shape[0] > 1 else t.repeat(n, *([1] * (t.ndim - 1)))
+
+
+def _time_ids(c: Conditioning, image_size: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
+    original = c.original_size or image_size
+    target = c.target_size or image_size
+    return torch.tensor([[*original, *c.crop_coords, *target]], dtype=dtype)
+
+
+def predict_noise(unet: UNetHandle, latents: torch.Tensor, t: torch.Tensor, positive: Conditioning,
+                  negative: Conditioning | None, state: SamplerState, devices: Any, guidance: bool = True,
+                  control: Any = None) -> NoisePrediction:
+    """One UNet evaluation on the [uncond, cond] batch (or cond alone without guidance)."""
+    check_family("the positive conditioning", positive.family, unet.family, "UNet")
+    use_cfg = guidance and negative is not None
+    if negative is not None:
+        check_family("the negative conditioning", negative.family, unet.family, "UNet")
+    b = latents.shape[0]
+    model_in = torch.cat([latents] * 2) if use_cfg else latents
+    model_in = state.scheduler.scale_model_input(model_in, t)
+    if state.inpaint is not None:
+        extra = torch.cat([state.inpaint] * 2) if use_cfg else state.inpaint
+        model_in = torch.cat([model_in, _batch(extra, model_in.shape[0])], dim=1)
+    dtype = state.dtype
+    if use_cfg:
+        neg_e, pos_e = _lcm_repeat(negative.embeds, positive.embeds)
+        embeds = torch.cat([_batch(neg_e, b), _batch(pos_e, b)])
+    else:
+        embeds = _batch(positive.embeds, b)
+    embeds = embeds.to(device=state.device, dtype=dtype)
+    added = None
+    if unet.is_sdxl:
+        if positive.pooled is None or (use_cfg and negative.pooled is None):
+            raise NodeError("an SDXL UNet needs SDXL conditioning (pooled text embeddings); encode the prompt with an SDXL text encoder")
+        pos_ids = _time_ids(positive, state.image_size, dtype)
+        if use_cfg:
+            text_embeds = torch.cat([_batch(negative.pooled, b), _batch(positive.pooled, b)])
+            time_ids = torch.cat([_batch(_time_ids(negative, state.image_size, dtype), b), _batch(pos_ids, b)])
+        else:
+            text_embeds, time_ids = _batch(positive.pooled, b), _batch(pos_ids, b)
+        added = {"text_embeds": text_embeds.to(state.device, dtype), "time_ids": time_ids.to(state.device)}
+    down, mid = None, None
+    if control is not None:
+        down, mid = control(model_in, t, embeds, added, use_cfg)
+    from .patching import applied
+
+    with applied(unet, devices) as model:
+        out = model(model_in, t, encoder_hidden_states=embeds, added_cond_kwargs=added,
+                    down_block_additional_residuals=down, mid_block_additional_residual=mid, return_dict=False)[0]
+    if use_cfg:
+        uncond, cond = out.chunk(2)
+        return NoisePrediction(cond=cond, uncond=uncond)
+    return NoisePrediction(cond=out)
+
+
+def apply_guidance(pred: NoisePrediction, cfg: float, rescale: float = 0.0) -> NoisePrediction:
+    """Classifier-free guidance, with guidance rescale (Lin et al. 2023) against over-exposure."""
+    if pred.uncond is None:
+        return NoisePrediction(cond=pred.cond, guided=pred.cond)
+    guided = pred.uncond + cfg * (pred.cond - pred.uncond)
+    if rescale > 0:
+        dims = list(range(1, pred.cond.ndim))
+        std_cond = pred.cond.std(dim=dims, keepdim=True)
+        std_cfg = guided.std(dim=dims, keepdim=True)
+        guided = rescale * (guided * (std_cond / std_cfg)) + (1 - rescale) * guided
+    return NoisePrediction(cond=pred.cond, uncond=pred.uncond, guided=guided)
+
+
+def scheduler_step(state: SamplerState, pred: NoisePrediction, t: torch.Tensor, latents: torch.Tensor, index: int) -> torch.Tensor:
+    """One scheduler step; with a noise mask, the unmasked area is reset to the (re-noised) original."""
+    out = state.scheduler.step(pred.result(), t, latents, **state.step_kwargs, return_dict=False)[0]
+    if state.noise_mask is not None:
+        proper = state.init_latents
+        if index < len(state.timesteps) - 1:
+            proper = state.scheduler.add_noise(proper, state.noise, state.timesteps[index + 1:index + 2])
+        out = (1 - state.noise_mask) * proper + state.noise_mask * out
+    return out
+
+
+def uses_cfg(cfg: float, negative: Conditioning | None) -> bool:
+    """Guidance runs only when it changes something (diffusers: guidance_scale > 1)."""
+    return negative is not None and cfg > 1.0

@@ -1,0 +1,110 @@
+"""Text -> tokens -> conditioning: 77-token windows through the text encoder(s), clip skip, weights.
+
+SD 1.x/2.x use one CLIP text encoder's last hidden state (after its final layer norm); SDXL
+concatenates the penultimate hidden states of two encoders and takes the pooled projection of the
+second, as diffusers' pipelines do. With no weighting syntax and <= 75 tokens, the result equals the
+pipeline's `encode_prompt` exactly. Textual-inversion vectors ride along with the tokens as "virtual"
+ids past the vocabulary, which `with_virtual_tokens` makes real for the duration of one encode.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from engine.node import NodeError
+
+from .handles import Conditioning, TextEncoderHandle, family_label
+from .prompting import TokenWindows, tokenize
+
+
+@dataclass(frozen=True, eq=False)
+class Tokens:
+    """Token windows for each of a text encoder's tokenizers, plus the vectors of virtual tokens."""
+
+    text: str
+    family: str
+    windows: tuple[TokenWindows, ...]
+    virtual: tuple[dict[int, torch.Tensor], ...] = ()  # per encoder: virtual id -> embedding vector
+    notes: tuple[str, ...] = field(default=())
+
+    def __loom_summary__(self) -> dict[str, Any]:
+        return {"kind": "value", "family": family_label(self.family), "text": self.text,
+                "windows": [len(w) for w in self.windows], "ids": [w.ids[0][:20] for w in self.windows],
+                "weighted": any(w.weighted for w in self.windows), "embedding_tokens": sum(len(v) for v in self.virtual)}
+
+
+def tokenize_prompt(te: TextEncoderHandle, text: str) -> Tokens:
+    from .embeddings import expand_embeddings
+
+    pieces, virtual = expand_embeddings(te, text)
+    windows = [tokenize(tok, pieces[i]) for i, tok in enumerate(te.tokenizers)]
+    n = max(len(w) for w in windows)
+    if any(len(w) != n for w in windows):
+        windows = [tokenize(tok, pieces[i], windows_min=n) for i, tok in enumerate(te.tokenizers)]
+    return Tokens(text=text, family=te.family, windows=tuple(windows), virtual=tuple(virtual))
+
+
+def _final_norm(encoder: Any) -> Any:
+    norm = getattr(encoder, "final_layer_norm", None)
+    if norm is None and hasattr(encoder, "text_model"):
+        norm = encoder.text_model.final_layer_norm
+    return norm
+
+
+def _apply_weights(z: torch.Tensor, weights: list[float]) -> torch.Tensor:
+    """A1111's emphasis: scale token embeddings by their weights, then restore the original mean."""
+    w = torch.tensor(weights, dtype=z.dtype, device=z.device)[None, :, None]
+    original_mean = z.mean()
+    z = z * w
+    return z * (original_mean / z.mean())
+
+
+def encode_tokens(te: TextEncoderHandle, tokens: Tokens, devices: Any, clip_skip: int = 0) -> Conditioning:
+    if tokens.family != te.family:
+        raise NodeError(f"these tokens were made for {family_label(tokens.family)}, the text encoder is {family_label(te.family)}")
+    if len(te.encoders) not in (1, 2):
+        raise NodeError(f"a text encoder handle with {len(te.encoders)} encoders is not supported")
+    sdxl = len(te.encoders) == 2
+    outs: list[torch.Tensor] = []
+    pooled: torch.Tensor | None = None
+    from .embeddings import with_virtual_tokens
+    from .lora import patched_weights
+
+    with ExitStack() as stack:
+        placed = []
+        for idx, enc in enumerate(te.encoders):
+            model = stack.enter_context(devices.use(enc))
+            if tokens.virtual and tokens.virtual[idx]:
+                stack.enter_context(with_virtual_tokens(model, tokens.virtual[idx]))
+            if te.patches:
+                stack.enter_context(patched_weights(model, te.patches, target="text_encoder_2" if idx == 1 else "text_encoder"))
+            placed.append(model)
+        for idx, (model, win) in enumerate(zip(placed, tokens.windows)):
+            per_window = []
+            for w_i, (ids, weights) in enumerate(zip(win.ids, win.weights)):
+                ids_t = torch.tensor([ids], device=devices.device)
+                if sdxl:
+                    out = model(ids_t, output_hidden_states=True)
+                    z = out.hidden_states[-(clip_skip + 2)]
+                    if idx == 1 and w_i == 0:
+                        pooled = out[0]
+                elif clip_skip <= 0:
+                    z = model(ids_t)[0]
+                else:
+                    out = model(ids_t, output_hidden_states=True)
+                    z = _final_norm(model)(out.hidden_states[-(clip_skip + 1)])
+                if win.weighted:
+                    z = _apply_weights(z, weights)
+                per_window.append(z)
+            outs.append(torch.cat(per_window, dim=1))
+        dtype = next(placed[-1].parameters()).dtype
+    embeds = torch.cat(outs, dim=-1) if sdxl else outs[0]
+    return Conditioning(embeds=embeds.to(dtype), family=te.family, pooled=pooled.to(dtype) if pooled is not None else None)
+
+
+def encode_text(te: TextEncoderHandle, text: str, devices: Any, clip_skip: int = 0) -> Conditioning:
+    return encode_tokens(te, tokenize_prompt(te, text), devices, clip_skip)

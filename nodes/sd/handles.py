@@ -1,0 +1,295 @@
+"""The values that flow between Stable Diffusion nodes: small typed handles, never bare modules.
+
+A handle names a shared, cached model plus what a run wants done with it (LoRA patches, ControlNet
+hints, embeddings). Handles are immutable: a node that "patches" a model returns a new handle, and the
+node that runs the model applies the patches for that call only, so a cached model is never left
+changed (InvokeAI's idea). Values that the editor inspects implement `__loom_summary__` and, for
+latents, `__loom_preview__` (a cheap latent -> RGB projection).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+
+# Families: what a latent / conditioning was made for. Models of one family share latent space and
+# text width; mixing families is the classic silent mistake, so every stage checks it.
+FAMILY_NAMES = {"sd15": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "loom-shapes": "loom-shapes"}
+
+
+def family_label(family: str | None) -> str:
+    return FAMILY_NAMES.get(family or "", family or "unknown")
+
+
+# SD 1.x and 2.x share one VAE, so their latents are interchangeable even though their text is not.
+_LATENT_SPACE = {"sd15": "sd", "sd2": "sd"}
+
+
+def latent_space(family: str | None) -> str | None:
+    return _LATENT_SPACE.get(family or "", family)
+
+
+def _params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _module_summary(module: torch.nn.Module) -> dict[str, Any]:
+    p = next(module.parameters(), None)
+    return {"class": type(module).__name__, "parameters": _params(module),
+            "dtype": str(p.dtype).replace("torch.", "") if p is not None else None,
+            "device": str(p.device) if p is not None else None}
+
+
+@dataclass(frozen=True, eq=False)
+class UNetHandle:
+    """A denoising UNet plus what applies to it for a run (LoRA patches)."""
+
+    model: torch.nn.Module
+    family: str
+    prediction_type: str
+    scheduler_config: dict
+    source: str = ""
+    patches: tuple = ()  # LoRA patch descriptions, applied by the node that runs the model
+    arch: str = ""
+
+    def with_patch(self, patch: Any) -> "UNetHandle":
+        return replace(self, patches=self.patches + (patch,))
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.model.config.in_channels)
+
+    @property
+    def is_sdxl(self) -> bool:
+        return getattr(self.model.config, "addition_embed_type", None) == "text_time"
+
+    def __loom_summary__(self) -> dict[str, Any]:
+        return {"kind": "handle", "model": "UNet", "family": family_label(self.family), "source": self.source,
+                "prediction_type": self.prediction_type, "patches": [repr(p) for p in self.patches],
+                **_module_summary(self.model)}
+
+    def __loom_nbytes__(self) -> int:  # the model lives in the model cache, not the output cache
+        return 256
+
+
+@dataclass(frozen=True, eq=False)
+class TextEncoderHandle:
+    """Tokenizer(s) and text encoder(s): one pair for SD 1.x/2.x, two for SDXL."""
+
+    tokenizers: tuple
+    encoders: tuple
+    family: str
+    source: str = ""
+    patches: tuple = ()
+    embeddings: tuple = ()  # textual inversion embeddings to add for a run
+    clip_skip: int = 0
+
+    def with_patch(self, patch: Any) -> "TextEncoderHandle":
+        return replace(self, patches=self.patches + (patch,))
+
+    def __loom_summary__(self) -> dict[str, Any]:
+        return {"kind": "handle", "model": "TextEncoder", "family": family_label(self.family), "source": self.source,
+                "encoders": [_module_summary(e) for e in self.encoders], "clip_skip": self.clip_skip,
+                "patches": [repr(p) for p in self.patches], "embeddings": [repr(e) for e in self.embeddings]}
+
+    def __loom_nbytes__(self) -> int:
+        return 256
+
+
+@dataclass(frozen=True, eq=False)
+class VAEHandle:
+    model: torch.nn.Module
+    family: str
+    source: str = ""
+
+    @property
+    def scaling_factor(self) -> float:
+        return float(self.model.config.scaling_factor)
+
+    @property
+    def shift_factor(self) -> float:
+        return float(getattr(self.model.config, "shift_factor", None) or 0.0)
+
+    @property
+    def downscale(self) -> int:
+        return 2 ** (len(self.model.config.block_out_channels) - 1)
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.model.config.latent_channels)
+
+    def __loom_summary__(self) -> dict[str, Any]:
+        return {"kind": "handle", "model": "VAE", "family": family_label(self.family), "source": self.source,
+                "scaling_factor": self.scaling_factor, **_module_summary(self.model)}
+
+    def __loom_nbytes__(self) -> int:
+        return 256
+
+
+# Approximate linear maps from 4 latent channels to RGB, for previews only (published community
+# estimates); families without one get a per-channel normalisation of the first three channels.
+_LATENT_RGB = {
+    "sd15": ([[0.3512, 0.2297, 0.3227], [0.3250, 0.4974, 0.2350], [-0.2829, 0.1762, 0.2721], [-0.2120, -0.2616, -0.7177]], [0.0, 0.0, 0.0]),
+    "sdxl": ([[0.3651, 0.4232, 0.4341], [-0.2533, -0.0042, 0.1068], [0.1076, 0.1111, -0.0362], [-0.3165, -0.2492, -0.2188]], [0.1084, -0.0175, -0.0011]),
+}
+_LATENT_RGB["sd2"] = _LATENT_RGB["sd15"]
+
+
+def latent_to_rgb(samples: torch.Tensor, family: str | None) -> torch.Tensor:
+    """[B,C,h,w] model-space latents -> [B,h,w,3] in 0..1, cheaply (no VAE)."""
+    x = samples.detach().float().cpu()
+    if family in _LATENT_RGB and x.shape[1] == 4:
+        w, b = _LATENT_RGB[family]
+        rgb = torch.einsum("bchw,cr->bhwr", x, torch.tensor(w)) + torch.tensor(b)
+        return ((rgb + 1) / 2).clamp(0, 1)
+    c = x[:, :3] if x.shape[1] >= 3 else x[:, :1].repeat(1, 3, 1, 1)
+    lo = c.amin(dim=(2, 3), keepdim=True)
+    hi = c.amax(dim=(2, 3), keepdim=True)
+    return ((c - lo) / (hi - lo + 1e-6)).permute(0, 2, 3, 1)
+
+
+@dataclass(frozen=True, eq=False)
+class Latent:
+    """Latents in model space (already multiplied by the VAE's scaling factor), with their family.
+
+    `noise_mask` ([B,1,h,w], 1 = repaint) makes samplers blend the original back where it is 0 (inpainting
+    with a regular UNet). `inpaint` holds [mask, masked-image latents] for 9-channel inpainting UNets.
+    """
+
+    samples: torch.Tensor
+    family: str | None = None
+    noise_mask: torch.Tensor | None = None
+    inpaint: torch.Tensor | None = None
+
+    def with_samples(self, samples: torch.Tensor) -> "Latent":
+        return replace(self, samples=samples)
+
+    def __loom_summary__(self) -> dict[str, Any]:
+        s = self.samples
+        return {"kind": "latent", "family": family_label(self.family), "shape": list(s.shape),
+                "dtype": str(s.dtype).replace("torch.", ""), "device": str(s.device),
+                "min": float(s.min()), "max": float(s.max()), "mean": float(s.float().mean()),
+                "noise_mask": self.noise_mask is not None, "inpaint": self.inpaint is not None}
+
+    def __loom_preview__(self):
+        from PIL import Image
+
+        rgb = latent_to_rgb(self.samples[:1], self.family)[0]
+        return Image.fromarray((rgb.numpy() * 255).round().astype("uint8"))
+
+
+@dataclass(frozen=True, eq=False)
+class ControlHint:
+    """One ControlNet applied to a conditioning: model, control image, strength and the step range."""
+
+    controlnet: Any  # ControlNetHandle
+    image: torch.Tensor  # [B,H,W,3] in 0..1
+    strength: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+
+
+@dataclass(frozen=True, eq=False)
+class Conditioning:
+    """Text embeddings for one side of classifier-free guidance.
+
+    `pooled` and the size fields are SDXL's extra conditioning; sizes left None mean "the size being
+    generated", as diffusers' SDXL pipeline does.
+    """
+
+    embeds: torch.Tensor  # [B, tokens, width]
+    family: str
+    pooled: torch.Tensor | None = None
+    original_size: tuple[int, int] | None = None
+    crop_coords: tuple[int, int] = (0, 0)
+    target_size: tuple[int, int] | None = None
+    controls: tuple[ControlHint, ...] = ()
+
+    def __loom_summary__(self) -> dict[str, Any]:
+        e = self.embeds
+        return {"kind": "conditioning", "family": family_label(self.family), "shape": list(e.shape),
+                "dtype": str(e.dtype).replace("torch.", ""), "device": str(e.device),
+                "min": float(e.min()), "max": float(e.max()), "mean": float(e.float().mean()),
+                "pooled": list(self.pooled.shape) if self.pooled is not None else None,
+                "controls": len(self.controls)}
+
+
+@dataclass(frozen=True)
+class NoiseSpec:
+    """A seed: the noise itself is drawn by the sampler, on the CPU, once the latent shape is known."""
+
+    seed: int
+
+    def generator(self) -> torch.Generator:
+        return torch.Generator("cpu").manual_seed(self.seed)
+
+
+@dataclass(eq=False)
+class NoisePrediction:
+    """What the UNet predicted for one step: the conditional and (with CFG) unconditional halves."""
+
+    cond: torch.Tensor
+    uncond: torch.Tensor | None = None
+    guided: torch.Tensor | None = None  # set by the guidance stage
+
+    def result(self) -> torch.Tensor:
+        if self.guided is not None:
+            return self.guided
+        return self.cond
+
+    def __loom_summary__(self) -> dict[str, Any]:
+        t = self.result()
+        return {"kind": "tensor", "shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", ""),
+                "device": str(t.device), "min": float(t.min()), "max": float(t.max()), "mean": float(t.float().mean()),
+                "guided": self.guided is not None}
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    """A configured scheduler (a recipe): algorithm, sigma spacing, steps and denoise strength.
+
+    Diffusers schedulers hold state, so each sampling run builds its own instance from this recipe.
+    """
+
+    name: str
+    class_name: str
+    config: tuple  # sorted (key, value) pairs of the scheduler config, hashable
+    steps: int
+    denoise: float = 1.0
+    eta: float = 0.0
+
+    def config_dict(self) -> dict:
+        return dict(self.config)
+
+    def __loom_summary__(self) -> dict[str, Any]:
+        return {"kind": "value", "scheduler": self.name, "class": self.class_name, "steps": self.steps,
+                "denoise": self.denoise, "eta": self.eta,
+                "prediction_type": self.config_dict().get("prediction_type")}
+
+
+@dataclass(eq=False)
+class SamplerState:
+    """The live state of one denoise loop, passed to the loop body's stage nodes each step."""
+
+    scheduler: Any
+    timesteps: torch.Tensor
+    generator: torch.Generator
+    spec: SchedulerSpec
+    device: torch.device
+    dtype: torch.dtype
+    step_kwargs: dict = field(default_factory=dict)
+    init_latents: torch.Tensor | None = None  # for mask blending
+    noise: torch.Tensor | None = None
+    noise_mask: torch.Tensor | None = None
+    inpaint: torch.Tensor | None = None
+    image_size: tuple[int, int] = (0, 0)
+    total: int = 0
+
+    def __loom_summary__(self) -> dict[str, Any]:
+        return {"kind": "value", "scheduler": type(self.scheduler).__name__, "steps": self.total,
+                "timesteps": [float(t) for t in self.timesteps[:50]]}
+
+    def __loom_nbytes__(self) -> int:
+        return 1024

@@ -1,0 +1,67 @@
+"""Text nodes: tokenize, encode (clip skip, `(word:1.2)` weights, 77-token windows), SDXL sizes."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Annotated
+
+from pydantic import Field
+
+from engine.node import NodeContext, Widget, node
+from engine.types import CONDITIONING, TEXT_ENCODER, TOKENS
+
+ClipSkip = Annotated[int, Field(0, ge=0, le=11, description="skip the last N layers of the text encoder (0 = none; A1111's 'clip skip 2' is 1)")]
+
+
+@node(category="conditioning", output_name="tokens")
+def tokenize(text_encoder: TEXT_ENCODER, text: Annotated[str, Widget(multiline=True)] = "") -> TOKENS:
+    """Split a prompt into 77-token windows for each tokenizer, with `(word:1.2)` weights."""
+    from nodes.sd.encode import tokenize_prompt
+
+    return tokenize_prompt(text_encoder, text)
+
+
+@node(category="conditioning", output_name="conditioning")
+def encode_tokens(text_encoder: TEXT_ENCODER, tokens: TOKENS, ctx: NodeContext, clip_skip: ClipSkip = 0) -> CONDITIONING:
+    """Run the text encoder(s) over token windows; concatenates windows of long prompts."""
+    from nodes.sd.encode import encode_tokens as run
+
+    return run(text_encoder, tokens, ctx.settings.devices(), clip_skip or text_encoder.clip_skip)
+
+
+@node(category="conditioning", output_name="conditioning")
+def encode_text(text_encoder: TEXT_ENCODER, ctx: NodeContext, text: Annotated[str, Widget(multiline=True)] = "",
+                clip_skip: ClipSkip = 0) -> CONDITIONING:
+    """Tokenize and encode a prompt in one node (SD 1.x, 2.x and XL)."""
+    from nodes.sd.encode import encode_text as run
+
+    return run(text_encoder, text, ctx.settings.devices(), clip_skip or text_encoder.clip_skip)
+
+
+@node(category="conditioning", output_name="text_encoder")
+def set_clip_skip(text_encoder: TEXT_ENCODER, clip_skip: ClipSkip = 1) -> TEXT_ENCODER:
+    """Make every later encode with this text encoder skip the last N layers (ComfyUI's CLIPSetLastLayer)."""
+    return replace(text_encoder, clip_skip=clip_skip)
+
+
+Size = Annotated[int, Field(0, ge=0, le=16384, description="0 = the size being generated")]
+
+
+@node(category="conditioning", name="SDXLSizeConditioning", output_name="conditioning")
+def sdxl_size_conditioning(conditioning: CONDITIONING, original_width: Size = 0, original_height: Size = 0,
+                           crop_left: Annotated[int, Field(0, ge=0, le=16384)] = 0,
+                           crop_top: Annotated[int, Field(0, ge=0, le=16384)] = 0,
+                           target_width: Size = 0, target_height: Size = 0) -> CONDITIONING:
+    """SDXL's micro-conditioning on image size and crop (Podell et al. 2023, section 2.2)."""
+    orig = (original_height, original_width) if original_width and original_height else None
+    target = (target_height, target_width) if target_width and target_height else None
+    return replace(conditioning, original_size=orig, crop_coords=(crop_top, crop_left), target_size=target)
+
+
+@node(category="conditioning", output_name="conditioning")
+def zero_conditioning(conditioning: CONDITIONING) -> CONDITIONING:
+    """All-zero embeddings of the same shape (SDXL's negative for an empty prompt)."""
+    import torch
+
+    pooled = torch.zeros_like(conditioning.pooled) if conditioning.pooled is not None else None
+    return replace(conditioning, embeds=torch.zeros_like(conditioning.embeds), pooled=pooled)

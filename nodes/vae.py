@@ -1,0 +1,37 @@
+"""VAE nodes: latents <-> pixels, tiled decoding, and the encode for inpainting."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field
+
+from engine.node import NodeContext, node
+from engine.types import IMAGE, LATENT, MASK, VAE
+
+
+@node(category="vae", name="VAEDecode", output_name="image")
+def vae_decode(vae: VAE, latent: LATENT, ctx: NodeContext, tiled: bool = False,
+               tile_size: Annotated[int, Field(512, ge=128, le=4096, multiple_of=64, description="tile size in pixels when tiled")] = 512) -> IMAGE:
+    """Turn latents back into pixels with the model's VAE (tiled: less memory for large images)."""
+    from nodes.sd.vae_ops import decode
+
+    return decode(vae, latent, ctx.settings.devices(), tiled, tile_size)
+
+
+@node(category="vae", name="VAEEncode", output_name="latent")
+def vae_encode(vae: VAE, image: IMAGE, ctx: NodeContext) -> LATENT:
+    """Turn pixels into latents (the distribution's mode, so it is deterministic); sizes are cropped to multiples of 8."""
+    from nodes.sd.vae_ops import encode
+
+    return encode(vae, image, ctx)
+
+
+@node(category="vae", name="VAEEncodeForInpaint", output_name="latent")
+def vae_encode_for_inpaint(vae: VAE, image: IMAGE, mask: MASK, ctx: NodeContext,
+                           grow_mask_by: Annotated[int, Field(0, ge=0, le=64, description="dilate the mask by N pixels")] = 0) -> LATENT:
+    """Encode an image and mask for inpainting: a 9-channel inpainting UNet gets [mask, masked image
+    latents]; a regular UNet repaints only the masked area (noise-mask blending)."""
+    from nodes.sd.vae_ops import encode_for_inpaint
+
+    return encode_for_inpaint(vae, image, mask, grow_mask_by, ctx)
