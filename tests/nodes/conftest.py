@@ -1,0 +1,30 @@
+"""Tiny Stable Diffusion models for the node tests, built once per session into a models folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests import tiny_models
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("models")
+    ck = root / "checkpoints"
+    ck.mkdir()
+    tiny_models.make_tiny_sd15(ck / "tiny-sd15")
+    return root
+
+
+@pytest.fixture(scope="session")
+def sdxl_models_dir(models_dir: Path) -> Path:
+    tiny_models.make_tiny_sdxl(models_dir / "checkpoints" / "tiny-sdxl")
+    return models_dir
+
+
+@pytest.fixture(scope="session")
+def inpaint_models_dir(models_dir: Path) -> Path:
+    tiny_models.make_tiny_inpaint(models_dir / "checkpoints" / "tiny-inpaint")
+    return models_dir

@@ -1,0 +1,221 @@
+"""Stable Diffusion stage nodes equal diffusers' pipelines exactly (fp32, CPU, tiny random models)."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from engine.node import Outputs, node
+from engine.types import IMAGE, MASK
+from tests.nodes.sd_helpers import L, executor, gen, loop_nodes, output_of, reference_pipeline, txt2img_nodes, wf
+
+TOL = 1e-6
+
+# Test-only source nodes: they hand a tensor made by the test to the graph.
+_SOURCE: dict = {}
+
+
+class ImageAndMask(Outputs):
+    image: IMAGE
+    mask: MASK
+
+
+@node(name="TestImageSource")
+def image_source() -> ImageAndMask:
+    return ImageAndMask(image=_SOURCE["image"], mask=_SOURCE.get("mask", _SOURCE["image"][..., 0] * 0))
+
+
+@pytest.mark.parametrize("scheduler", ["euler", "euler_a", "dpmpp_2m", "ddim", "pndm"])
+def test_txt2img_sample_equals_pipeline(models_dir, tmp_path, scheduler):
+    ex = executor(models_dir, tmp_path)
+    result = ex.run(wf(txt2img_nodes("tiny-sd15", scheduler=scheduler, steps=6)))
+    ours = output_of(ex, result, "dec", "image")
+    pipe = reference_pipeline(models_dir / "checkpoints" / "tiny-sd15", scheduler, 6)
+    ref = pipe("a red circle", negative_prompt="", height=64, width=64, num_inference_steps=6, guidance_scale=7.5,
+               generator=gen(42), output_type="np").images
+    assert ours.shape == (1, 64, 64, 3)
+    assert (torch.from_numpy(ref) - ours).abs().max().item() <= TOL
+
+
+@pytest.mark.parametrize("scheduler", ["euler", "euler_a", "dpmpp_2m"])
+def test_open_loop_equals_sample(models_dir, tmp_path, scheduler):
+    ex = executor(models_dir, tmp_path)
+    a = ex.run(wf(txt2img_nodes("tiny-sd15", scheduler=scheduler, steps=5)))
+    b = ex.run(wf(loop_nodes("tiny-sd15", scheduler=scheduler, steps=5)))
+    assert b.status == "success", b.error
+    assert torch.equal(output_of(ex, a, "dec", "image"), output_of(ex, b, "dec", "image"))
+    assert b.nodes["loop"].status == "success"
+
+
+def test_loop_body_is_editable(models_dir, tmp_path):
+    """A body with guidance at cfg 1 inside equals a Sample at cfg 1: the body really drives the loop."""
+    from nodes.sampling import DEFAULT_DENOISE_BODY
+
+    body = copy.deepcopy(DEFAULT_DENOISE_BODY)
+    body["nodes"]["guide"]["inputs"]["cfg"] = 3.0
+    ex = executor(models_dir, tmp_path)
+    edited = ex.run(wf(loop_nodes("tiny-sd15", steps=4, body=body)))
+    plain = ex.run(wf(txt2img_nodes("tiny-sd15", steps=4, cfg=3.0)))
+    default = ex.run(wf(loop_nodes("tiny-sd15", steps=4)))
+    img_edit = output_of(ex, edited, "dec", "image")
+    assert torch.equal(img_edit, output_of(ex, plain, "dec", "image"))
+    assert not torch.equal(img_edit, output_of(ex, default, "dec", "image"))
+
+
+def test_seed_is_deterministic_and_matters(models_dir, tmp_path):
+    ex = executor(models_dir, tmp_path)
+    a = output_of(ex, ex.run(wf(txt2img_nodes("tiny-sd15", seed=1, steps=3))), "dec", "image")
+    ex.cache.clear()
+    b = output_of(ex, ex.run(wf(txt2img_nodes("tiny-sd15", seed=1, steps=3))), "dec", "image")
+    c = output_of(ex, ex.run(wf(txt2img_nodes("tiny-sd15", seed=2, steps=3))), "dec", "image")
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_img2img_equals_pipeline(models_dir, tmp_path):
+    ex = executor(models_dir, tmp_path)
+    nodes = txt2img_nodes("tiny-sd15", steps=10)
+    image = torch.rand(1, 64, 64, 3, generator=gen(3))
+    nodes["enc"] = {"type": "VAEEncode", "inputs": {"vae": L("ckpt", "vae"), "image": L("img", "image")}}
+    nodes["img"] = {"type": "TestImageSource", "inputs": {}}
+    nodes["sample"]["inputs"].update(latent=L("enc", "latent"), denoise=0.6)
+    _SOURCE.clear()
+    _SOURCE["image"] = image
+    ex.registry.add(image_source)
+    result = ex.run(wf(nodes))
+    ours = output_of(ex, result, "dec", "image")
+    latents = output_of(ex, result, "enc", "latent").samples
+    pipe = reference_pipeline(models_dir / "checkpoints" / "tiny-sd15", "euler", 10, "StableDiffusionImg2ImgPipeline")
+    ref = pipe("a red circle", image=latents, negative_prompt="", strength=0.6, num_inference_steps=10,
+               guidance_scale=7.5, generator=gen(42), output_type="np").images
+    assert (torch.from_numpy(ref) - ours).abs().max().item() <= TOL
+
+
+def test_sdxl_txt2img_equals_pipeline(sdxl_models_dir, tmp_path):
+    ex = executor(sdxl_models_dir, tmp_path)
+    result = ex.run(wf(txt2img_nodes("tiny-sdxl", steps=5, scheduler="euler")))
+    ours = output_of(ex, result, "dec", "image")
+    pipe = reference_pipeline(sdxl_models_dir / "checkpoints" / "tiny-sdxl", "euler", 5)
+    ref = pipe("a red circle", negative_prompt="", height=64, width=64, num_inference_steps=5, guidance_scale=7.5,
+               generator=gen(42), output_type="np").images
+    assert (torch.from_numpy(ref) - ours).abs().max().item() <= TOL
+
+
+def test_inpainting_unet_equals_pipeline(inpaint_models_dir, tmp_path):
+    ex = executor(inpaint_models_dir, tmp_path)
+    image = torch.rand(1, 64, 64, 3, generator=gen(5))
+    mask = torch.zeros(1, 64, 64)
+    mask[:, 16:48, 20:44] = 1.0
+    _SOURCE.clear()
+    _SOURCE.update(image=image, mask=mask)
+    ex.registry.add(image_source)
+    nodes = txt2img_nodes("tiny-inpaint", steps=6)
+    nodes["src"] = {"type": "TestImageSource"}
+    nodes["enc"] = {"type": "VAEEncodeForInpaint", "inputs": {"vae": L("ckpt", "vae"), "image": L("src", "image"), "mask": L("src", "mask")}}
+    nodes["sample"]["inputs"]["latent"] = L("enc", "latent")
+    result = ex.run(wf(nodes))
+    ours = output_of(ex, result, "dec", "image")
+    latent = output_of(ex, result, "enc", "latent")
+    pipe = reference_pipeline(inpaint_models_dir / "checkpoints" / "tiny-inpaint", "euler", 6, "StableDiffusionInpaintPipeline")
+    ref = pipe("a red circle", image=image.permute(0, 3, 1, 2), mask_image=mask[:, None],
+               masked_image_latents=latent.inpaint[:, 1:], negative_prompt="", height=64, width=64,
+               num_inference_steps=6, guidance_scale=7.5, generator=gen(42), output_type="np").images
+    assert (torch.from_numpy(ref) - ours).abs().max().item() <= TOL
+
+
+def test_regular_unet_inpainting_keeps_unmasked_area(models_dir, tmp_path):
+    """Noise-mask blending: outside the mask the result stays the encoded original's decode."""
+    ex = executor(models_dir, tmp_path)
+    image = torch.rand(1, 64, 64, 3, generator=gen(7))
+    mask = torch.zeros(1, 64, 64)
+    mask[:, :, :32] = 1.0
+    _SOURCE.clear()
+    _SOURCE.update(image=image, mask=mask)
+    ex.registry.add(image_source)
+    nodes = txt2img_nodes("tiny-sd15", steps=5)
+    nodes["src"] = {"type": "TestImageSource"}
+    nodes["enc"] = {"type": "VAEEncode", "inputs": {"vae": L("ckpt", "vae"), "image": L("src", "image")}}
+    nodes["masked"] = {"type": "SetLatentNoiseMask", "inputs": {"latent": L("enc", "latent"), "mask": L("src", "mask")}}
+    nodes["sample"]["inputs"]["latent"] = L("masked", "latent")
+    result = ex.run(wf(nodes))
+    out_lat = output_of(ex, result, "sample", "latent").samples
+    enc_lat = output_of(ex, result, "enc", "latent").samples
+    keep = out_lat[..., 4:] - enc_lat[..., 4:]  # latent columns right of the mask (mask covers x < 32 px = 4 latents)
+    assert keep.abs().max().item() <= 1e-6
+    assert (out_lat[..., :4] - enc_lat[..., :4]).abs().max().item() > 1e-3
+
+
+def test_single_file_equals_folder(models_dir, tmp_path):
+    from nodes.sd import ldm_convert, loading
+
+    folder = models_dir / "checkpoints" / "tiny-sd15"
+    ck = loading.load_checkpoint(folder)
+    single = models_dir / "checkpoints" / "tiny-sd15-single.safetensors"
+    if not single.exists():
+        ldm_convert.save_single_file(single, ck.unet, ck.vae, ck.text_encoders, "sd15", scheduler_config=ck.scheduler_config)
+    ex = executor(models_dir, tmp_path)
+    a = output_of(ex, ex.run(wf(txt2img_nodes("tiny-sd15", steps=4))), "dec", "image")
+    b = output_of(ex, ex.run(wf(txt2img_nodes("tiny-sd15-single.safetensors", steps=4))), "dec", "image")
+    assert torch.equal(a, b)
+
+
+def test_saved_png_decodes_and_embeds_workflow(models_dir, tmp_path):
+    from PIL import Image
+
+    ex = executor(models_dir, tmp_path)
+    result = ex.run(wf(txt2img_nodes("tiny-sd15", steps=2)))
+    paths = result.output_paths(ex.settings)["save"]
+    with Image.open(paths[0]) as im:
+        assert im.size == (64, 64)
+        assert "LoadCheckpoint" in im.text["workflow"]
+        arr = np.asarray(im)
+    assert arr.std() > 0  # a picture, not a flat fill
+
+
+def test_family_mismatch_is_named(sdxl_models_dir, tmp_path):
+    ex = executor(sdxl_models_dir, tmp_path)
+    nodes = txt2img_nodes("tiny-sd15", steps=2)
+    nodes["xl"] = {"type": "LoadCheckpoint", "inputs": {"name": "tiny-sdxl"}}
+    nodes["dec"]["inputs"]["vae"] = L("xl", "vae")
+    result = ex.run(wf(nodes))
+    assert result.status == "error"
+    assert result.error["node_id"] == "dec"
+    assert "SD 1.x" in result.error["message"] and "SDXL" in result.error["message"]
+
+
+def test_width_not_multiple_of_8_fails_validation(models_dir, tmp_path):
+    ex = executor(models_dir, tmp_path)
+    nodes = txt2img_nodes("tiny-sd15")
+    nodes["lat"]["inputs"]["width"] = 60
+    result = ex.run(wf(nodes))
+    assert result.status == "invalid"
+    err = result.error["errors"][0]
+    assert (err["node_id"], err["input"]) == ("lat", "width")
+    assert "multiple of 8" in err["message"]
+
+
+def test_missing_checkpoint_lists_folder(models_dir, tmp_path):
+    ex = executor(models_dir, tmp_path)
+    graph, errors = ex.validate(wf(txt2img_nodes("nope")))
+    assert errors and errors[0].code == "not_in_choices" and "tiny-sd15" in errors[0].message
+
+
+def test_long_prompt_uses_several_windows(models_dir, tmp_path):
+    ex = executor(models_dir, tmp_path)
+    long_prompt = ", ".join(["a red circle on a blue background"] * 15)
+    nodes = txt2img_nodes("tiny-sd15", prompt=long_prompt, steps=2)
+    result = ex.run(wf(nodes))
+    cond = output_of(ex, result, "pos", "conditioning")
+    assert cond.embeds.shape[1] == 77 * 2
+
+
+def test_prompt_weights_change_only_weighted_prompts(models_dir, tmp_path):
+    ex = executor(models_dir, tmp_path)
+    plain = output_of(ex, ex.run(wf(txt2img_nodes("tiny-sd15", prompt="a red circle", steps=1))), "pos", "conditioning")
+    unit = output_of(ex, ex.run(wf(txt2img_nodes("tiny-sd15", prompt="a (red:1.0) circle", steps=1))), "pos", "conditioning")
+    heavy = output_of(ex, ex.run(wf(txt2img_nodes("tiny-sd15", prompt="a (red:1.5) circle", steps=1))), "pos", "conditioning")
+    assert torch.allclose(plain.embeds, unit.embeds, atol=1e-6)
+    assert not torch.allclose(plain.embeds, heavy.embeds, atol=1e-3)
