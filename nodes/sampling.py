@@ -158,14 +158,18 @@ def scheduler_step(sampler: SAMPLER, prediction: NOISE_PRED, timestep: TIMESTEP,
 # ---------------------------------------------------------------------------------------------------
 
 
-def run_sampler(unet, positive, negative, latent, noise_spec, spec, cfg, guidance_rescale, ctx: NodeContext):
+def run_sampler(unet, positive, negative, latent, noise_spec, spec, cfg, guidance_rescale, ctx: NodeContext,
+                start_step: int = 0, end_step: int | None = None, add_noise: bool = True):
     """The whole loop in Python: the same stage functions, the same order as the loop body."""
     from nodes.sd.control import control_for_step
     from nodes.sd.denoise import apply_guidance, predict_noise as predict, prepare, scheduler_step as step_fn, uses_cfg
 
     devices = ctx.settings.devices()
-    state, x = prepare(unet, latent, noise_spec, spec, devices)
+    state, x = prepare(unet, latent, noise_spec, spec, devices, start_step=start_step, add_noise=add_noise)
     use_cfg = uses_cfg(cfg, negative)
+    if end_step is not None and end_step > start_step:
+        state.timesteps = state.timesteps[: (end_step - start_step) * state.scheduler.order]
+        state.total = len(state.timesteps)
     neg = negative if use_cfg else None
     every = _preview_every(state.total)
     for i, t in enumerate(state.timesteps):
@@ -180,8 +184,12 @@ def run_sampler(unet, positive, negative, latent, noise_spec, spec, cfg, guidanc
 @node(category="sampling", output_name="latent")
 def sample(unet: UNET, positive: CONDITIONING, latent: LATENT, ctx: NodeContext, negative: CONDITIONING | None = None,
            seed: Seed = 0, steps: Steps = 20, cfg: Cfg = 7.5, scheduler: SchedulerName = "euler",
-           sigmas: Sigmas = "default", denoise: Denoise = 1.0, guidance_rescale: Rescale = 0.0, eta: Eta = 0.0) -> LATENT:
-    """Denoise in one node (the whole loop): the same result as Noise + Scheduler + DenoiseLoop."""
+           sigmas: Sigmas = "default", denoise: Denoise = 1.0, guidance_rescale: Rescale = 0.0, eta: Eta = 0.0,
+           start_step: Annotated[int, Field(0, ge=0, le=10000), Widget(advanced=True)] = 0,
+           end_step: Annotated[int, Field(10000, ge=0, le=10000, description="stop after this step (leaves the rest of the noise)"), Widget(advanced=True)] = 10000,
+           add_noise: Annotated[bool, Widget(advanced=True)] = True) -> LATENT:
+    """Denoise in one node (the whole loop): the same result as Noise + Scheduler + DenoiseLoop.
+    The advanced start/end steps and add_noise hand a partly denoised latent from one model to another."""
     from engine.node import NodeError
     from nodes.sd.handles import NoiseSpec
     from nodes.sd.schedulers import SchedulerError, make_spec
@@ -190,7 +198,8 @@ def sample(unet: UNET, positive: CONDITIONING, latent: LATENT, ctx: NodeContext,
         spec = make_spec(scheduler, unet.scheduler_config, steps, denoise, sigmas, eta, seed_for_sde=seed)
     except SchedulerError as exc:
         raise NodeError(str(exc)) from None
-    return run_sampler(unet, positive, negative, latent, NoiseSpec(seed), spec, cfg, guidance_rescale, ctx)
+    return run_sampler(unet, positive, negative, latent, NoiseSpec(seed), spec, cfg, guidance_rescale, ctx,
+                       start_step=start_step, end_step=end_step if end_step < steps else None, add_noise=add_noise)
 
 
 @node(category="sampling", output_name="latent")

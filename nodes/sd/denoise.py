@@ -29,22 +29,31 @@ def check_family(what: str, family: str | None, model_family: str, model_what: s
 
 
 def prepare(unet: UNetHandle, latent: Latent, noise: NoiseSpec, spec: SchedulerSpec, devices: Any,
-            vae_scale: int = 8) -> tuple[SamplerState, torch.Tensor]:
+            vae_scale: int = 8, start_step: int = 0, add_noise: bool = True) -> tuple[SamplerState, torch.Tensor]:
     """Fresh scheduler + timesteps, and the starting latents, as the diffusers pipelines compute them.
 
     An all-zero latent (EmptyLatent) or an inpainting latent at full denoise starts from pure noise
     (`noise * init_noise_sigma`, txt2img); any other latent is noised to the first timestep (img2img).
+    `start_step` skips the first steps of the schedule and `add_noise=False` takes the latent as already
+    noisy (ComfyUI's KSamplerAdvanced, for base -> refiner hand-overs).
     """
     check_family("the latent", latent.family, unet.family, "UNet", latent=True)
     device, dtype = devices.device, devices.dtype
-    sched, timesteps, _ = set_timesteps(spec, device)
+    sched, timesteps, t_start = set_timesteps(spec, device)
+    if start_step > 0:
+        skip = start_step * sched.order
+        timesteps = timesteps[skip:]
+        if hasattr(sched, "set_begin_index"):
+            sched.set_begin_index(t_start * sched.order + skip)
     if len(timesteps) == 0:
         raise NodeError(f"{spec.steps} steps at denoise {spec.denoise} leave no step to run; raise steps or denoise")
     samples = latent.samples.to(device=device, dtype=dtype)
     g = noise.generator()
     noise_t = torch.randn(samples.shape, generator=g, dtype=dtype, device="cpu").to(device)
-    empty = torch.count_nonzero(latent.samples) == 0
-    if empty or (spec.denoise >= 1.0 and (latent.noise_mask is not None or latent.inpaint is not None)):
+    empty = torch.count_nonzero(latent.samples) == 0 and start_step == 0
+    if not add_noise:
+        x = samples
+    elif empty or (spec.denoise >= 1.0 and (latent.noise_mask is not None or latent.inpaint is not None)):
         # diffusers' txt2img and inpainting pipelines start from pure noise at full strength
         x = noise_t * sched.init_noise_sigma
     else:

@@ -1,0 +1,98 @@
+"""ComfyUI class types -> our nodes, for `POST /prompt` and `loom run` on ComfyUI API-format files.
+
+The sampler and scheduler vocabularies differ: ComfyUI's `sampler_name` is our scheduler algorithm and
+its `scheduler` is our sigma spacing; the tables live in nodes/sd/schedulers.py (documented in README).
+"""
+
+from __future__ import annotations
+
+from engine.compat.comfy import ComfyClass, register_comfy_class
+
+
+def _sampler(value: str) -> str:
+    from nodes.sd.schedulers import COMFY_SAMPLERS
+
+    if value not in COMFY_SAMPLERS:
+        raise ValueError(f"ComfyUI sampler_name {value!r} is not supported; supported: {', '.join(sorted(COMFY_SAMPLERS))}")
+    return COMFY_SAMPLERS[value]
+
+
+def _sigmas(value: str) -> str:
+    from nodes.sd.schedulers import COMFY_SCHEDULERS
+
+    if value not in COMFY_SCHEDULERS:
+        raise ValueError(f"ComfyUI scheduler {value!r} is not supported; supported: {', '.join(sorted(COMFY_SCHEDULERS))}")
+    return COMFY_SCHEDULERS[value]
+
+
+def _ksampler(inputs: dict) -> dict:
+    if "scheduler" in inputs:
+        inputs["scheduler"] = _sampler(inputs["scheduler"])
+    if "sigmas" in inputs:
+        inputs["sigmas"] = _sigmas(inputs["sigmas"])
+    return inputs
+
+
+def _ksampler_advanced(inputs: dict) -> dict:
+    inputs = _ksampler(inputs)
+    if "add_noise" in inputs:
+        inputs["add_noise"] = inputs["add_noise"] in ("enable", True)
+    return inputs
+
+
+def _clip_layer(inputs: dict) -> dict:
+    stop = inputs.pop("stop_at_clip_layer", -1)
+    inputs["clip_skip"] = max(0, -int(stop) - 1)
+    return inputs
+
+
+def _upscale(inputs: dict) -> dict:
+    method = inputs.get("method")
+    if method is not None:
+        inputs["method"] = {"bislerp": "bilinear"}.get(method, method)
+    return inputs
+
+
+def _select(inputs: dict) -> dict:
+    inputs["name"] = _sampler(inputs["name"])
+    return inputs
+
+
+def _basic_scheduler(inputs: dict) -> dict:
+    inputs["sigmas"] = _sigmas(inputs["sigmas"])
+    return inputs
+
+
+def _custom(inputs: dict) -> dict:
+    if "add_noise" in inputs:
+        inputs["add_noise"] = bool(inputs["add_noise"])
+    return inputs
+
+
+_SAMPLE_INPUTS = {"model": "unet", "latent_image": "latent", "sampler_name": "scheduler", "scheduler": "sigmas", "noise_seed": "seed",
+                  "start_at_step": "start_step", "end_at_step": "end_step", "return_with_leftover_noise": None}
+
+TABLE = {
+    "CheckpointLoaderSimple": ComfyClass("LoadCheckpoint", {"ckpt_name": "name"}, ["unet", "text_encoder", "vae"]),
+    "CLIPTextEncode": ComfyClass("EncodeText", {"clip": "text_encoder"}, ["conditioning"]),
+    "CLIPSetLastLayer": ComfyClass("SetClipSkip", {"clip": "text_encoder"}, ["text_encoder"], convert=_clip_layer),
+    "EmptyLatentImage": ComfyClass("EmptyLatent", {}, ["latent"]),
+    "KSampler": ComfyClass("Sample", _SAMPLE_INPUTS, ["latent"], convert=_ksampler),
+    "KSamplerAdvanced": ComfyClass("Sample", _SAMPLE_INPUTS, ["latent"], convert=_ksampler_advanced),
+    "VAEDecode": ComfyClass("VAEDecode", {"samples": "latent"}, ["image"]),
+    "VAEEncode": ComfyClass("VAEEncode", {"pixels": "image"}, ["latent"]),
+    "VAEEncodeForInpaint": ComfyClass("VAEEncodeForInpaint", {"pixels": "image"}, ["latent"]),
+    "SetLatentNoiseMask": ComfyClass("SetLatentNoiseMask", {"samples": "latent"}, ["latent"]),
+    "VAELoader": ComfyClass("LoadVAE", {"vae_name": "name"}, ["vae"]),
+    "LatentUpscale": ComfyClass("LatentUpscale", {"samples": "latent", "upscale_method": "method", "crop": None}, ["latent"], convert=_upscale),
+    "LatentUpscaleBy": ComfyClass("LatentUpscaleBy", {"samples": "latent", "upscale_method": "method", "scale_by": "scale"}, ["latent"], convert=_upscale),
+    "KSamplerSelect": ComfyClass("SamplerSelect", {"sampler_name": "name"}, ["sampler"], convert=_select),
+    "BasicScheduler": ComfyClass("SigmaSchedule", {"model": "unet", "scheduler": "sigmas"}, ["sigmas"], convert=_basic_scheduler),
+    "CFGGuider": ComfyClass("CFGGuider", {"model": "unet"}, ["guider"]),
+    "RandomNoise": ComfyClass("Noise", {"noise_seed": "seed"}, ["noise"]),
+    "SamplerCustom": ComfyClass("SampleParts", {"model": "unet", "noise_seed": "seed", "latent_image": "latent"}, ["latent", "latent"], convert=_custom),
+    "SamplerCustomAdvanced": ComfyClass("SampleGuided", {"latent_image": "latent"}, ["latent", "latent"]),
+}
+
+for _name, _spec in TABLE.items():
+    register_comfy_class(_name, _spec)
