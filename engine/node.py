@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import re
+import sys
 import threading
 import types as pytypes
 import typing
@@ -241,8 +242,14 @@ class InputSpec:
                 if kind == "literal_error":
                     return ("not_in_choices", f"input {self.name!r}: {value!r} is not one of {list(self.static_choices or ())}")
                 return ("invalid_literal", f"input {self.name!r} expects {self.type.name}: {err['msg']} (got {value!r})")
+        if self.static_choices is not None and isinstance(value, bool) and self.type.name != "BOOLEAN":
+            # pydantic's Literal check uses ==, and True == 1: no silent coercion of a bool into a number
+            return ("invalid_literal", f"input {self.name!r} expects {self.type.name}, got the boolean {value!r}")
         if self.choices is not None and not self.choices.allow_other:
-            options = self.choices.source(settings)
+            try:
+                options = list(self.choices.source(settings))
+            except Exception as exc:  # a broken folder is a validation error, never an exception
+                return ("not_in_choices", f"input {self.name!r}: the choices could not be listed ({type(exc).__name__}: {exc})")
             if value not in options:
                 shown = options[:20]
                 return ("not_in_choices", f"input {self.name!r}: {value!r} is not one of {shown}" + (" ..." if len(options) > 20 else ""))
@@ -258,12 +265,13 @@ class InputSpec:
                 hi = getattr(m, "le", hi) if getattr(m, "le", None) is not None else hi
                 hi = getattr(m, "lt", hi) if getattr(m, "lt", None) is not None else hi
         choices: list | None = list(self.static_choices) if self.static_choices else None
+        description = self.description
         if self.choices is not None:
             try:
                 choices = list(self.choices.source(settings))
             except Exception as exc:  # a broken folder must not break the whole catalog
                 choices = []
-                self.description = f"{self.description} (choices unavailable: {exc})".strip()
+                description = f"{description} (choices unavailable: {exc})".strip()
         return InputSchema(
             name=self.name,
             type=self.type.name,
@@ -274,7 +282,7 @@ class InputSpec:
             max=hi,
             step=self.widget.step,
             choices=choices,
-            description=self.description,
+            description=description,
             display_name=(f.title if f is not None and f.title else self.name.replace("_", " ")),
             multiline=self.widget.multiline,
             slider=self.widget.slider,
@@ -475,14 +483,15 @@ def _py_of(sock: SocketType) -> type:
     return object
 
 
-def _parse_outputs(func_name: str, annotation: Any, output_name: str | None) -> tuple[list[OutputSpec], bool]:
+def _parse_outputs(func_name: str, annotation: Any, output_name: str | None,
+                   localns: dict | None = None) -> tuple[list[OutputSpec], bool]:
     if annotation is inspect.Signature.empty or annotation is None or annotation is type(None):
         return [], False
     if annotation is NodeUI:
         return [], False
     if isinstance(annotation, type) and issubclass(annotation, Outputs):
         specs = []
-        for fname, fann in typing.get_type_hints(annotation, include_extras=True).items():
+        for fname, fann in typing.get_type_hints(annotation, localns=localns, include_extras=True).items():
             base, meta = _split_annotated(fann)
             desc = next((m.description for m in meta if isinstance(m, FieldInfo) and m.description), "")
             if base in PRIMITIVE_TYPES:
@@ -527,11 +536,14 @@ def node(
     - `loop=(BodyInputs, BodyOutputs, default_body)`: the node is a loop; see `LoopSpec`.
     """
 
+    # nodes declared inside a function (tests, benchmarks) name types that only its locals know
+    localns = dict(sys._getframe(1).f_locals)
+
     def wrap(fn: Callable) -> Callable:
         fn.__loom_node__ = build_node_def(  # type: ignore[attr-defined]
             fn, name=name, category=category, display_name=display_name, output_node=output_node,
             deterministic=deterministic, fingerprint=fingerprint, aliases=tuple(aliases),
-            output_name=output_name, loop=loop,
+            output_name=output_name, loop=loop, localns=localns,
         )
         return fn
 
@@ -542,13 +554,13 @@ def build_node_def(
     fn: Callable, *, name: str | None = None, category: str = "misc", display_name: str | None = None,
     output_node: bool = False, deterministic: bool = True, fingerprint: Callable[..., str] | None = None,
     aliases: tuple[str, ...] = (), output_name: str | None = None,
-    loop: tuple[type[Outputs], type[Outputs], dict] | None = None,
+    loop: tuple[type[Outputs], type[Outputs], dict] | None = None, localns: dict | None = None,
 ) -> NodeDef:
     type_name = name or _camel(fn.__name__)
     if not re.fullmatch(r"[A-Z][A-Za-z0-9]*", type_name):
         raise NodeDeclarationError(f"node type name {type_name!r} must be CamelCase letters and digits")
     try:
-        hints = typing.get_type_hints(fn, include_extras=True)
+        hints = typing.get_type_hints(fn, localns=localns, include_extras=True)
     except Exception as exc:
         raise NodeDeclarationError(f"node {type_name!r}: cannot resolve annotations: {exc}") from None
     sig = inspect.signature(fn)
@@ -564,7 +576,7 @@ def build_node_def(
             context_param = pname
             continue
         inputs[pname] = _parse_input(type_name, pname, ann, param.default)
-    outputs, multi = _parse_outputs(type_name, hints.get("return", inspect.Signature.empty), output_name)
+    outputs, multi = _parse_outputs(type_name, hints.get("return", inspect.Signature.empty), output_name, localns)
     if not outputs and not output_node:
         raise NodeDeclarationError(f"node {type_name!r}: declares no outputs and is not an output node")
     loop_spec = None
@@ -572,10 +584,10 @@ def build_node_def(
         if not inspect.isgeneratorfunction(fn):
             raise NodeDeclarationError(f"node {type_name!r}: a loop node must be a generator function")
         body_in, body_out, default_body = loop
-        out_hints = typing.get_type_hints(body_out, include_extras=True)
+        out_hints = typing.get_type_hints(body_out, localns=localns, include_extras=True)
         loop_spec = LoopSpec(
             body_inputs=body_in, body_outputs=body_out, default_body=default_body,
-            inputs=_parse_outputs(type_name, body_in, None)[0],
+            inputs=_parse_outputs(type_name, body_in, None, localns)[0],
             outputs=[_parse_input(type_name, k, v, inspect.Parameter.empty) for k, v in out_hints.items()],
         )
     elif inspect.isgeneratorfunction(fn):
