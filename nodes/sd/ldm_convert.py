@@ -11,7 +11,7 @@ fixed-size configs, while our loader must read narrow ones whose sizes it infers
 Layout written (prefixes):
     UNet                      model.diffusion_model.*
     VAE                       first_stage_model.*
-    SD1 CLIP-L                cond_stage_model.transformer.text_model.*
+    SD1 CLIP-L                cond_stage_model.transformer.text_model.*  (older files: without text_model.)
     SD2 OpenCLIP-H            cond_stage_model.model.*            (fused q/k/v ``in_proj``)
     SDXL CLIP-L / OpenCLIP-G  conditioner.embedders.0.transformer.text_model.* / conditioner.embedders.1.model.*
 
@@ -34,9 +34,9 @@ from torch import Tensor, nn
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
-SD_CLIP_PREFIX = "cond_stage_model.transformer.text_model."
+SD_CLIP_PREFIX = "cond_stage_model.transformer."
 SD2_OPENCLIP_PREFIX = "cond_stage_model.model."
-SDXL_CLIP_PREFIX = "conditioner.embedders.0.transformer.text_model."
+SDXL_CLIP_PREFIX = "conditioner.embedders.0.transformer."
 SDXL_OPENCLIP_PREFIX = "conditioner.embedders.1.model."
 
 #: safetensors metadata key under which ``save_single_file`` stores the diffusers configs as JSON
@@ -312,7 +312,6 @@ def to_single_file_state_dict(
         state = _state(encoder)
         if kind == "clip":
             converted = clip_to_ldm(state)
-            prefix = prefix.removesuffix("text_model.")
         else:
             converted = openclip_to_ldm(state, identity_tail=is_sd2(arch))
         out.update({prefix + k: v for k, v in converted.items()})
