@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import lru_cache
+from typing import Any, TypeAlias
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
+Font: TypeAlias = ImageFont.FreeTypeFont | ImageFont.ImageFont
 
 
 @lru_cache(maxsize=16)
@@ -62,7 +63,7 @@ def wrap_text(draw: ImageDraw.ImageDraw, text: str, font: Font, max_width: int, 
     return lines
 
 
-def to_pil_list(images: object) -> list[Image.Image]:
+def to_pil_list(images: Any) -> list[Image.Image]:
     """Images as RGB PIL images: a float tensor/array [N,H,W,C] or [H,W,C] in 0..1, uint8 arrays, or PIL images."""
     if isinstance(images, Image.Image):
         return [images.convert("RGB")]

@@ -25,7 +25,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # OpenAI CLIP normalisation, the transformers default when a config leaves it out.
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json + merges.txt")
 # Every OpenAI-vocabulary CLIP tokenizer is this one; used when a model folder carries no tokenizer.
 BUNDLED_TOKENIZER = Path(__file__).resolve().parent.parent / "sd" / "tokenizers" / "clip"
@@ -109,8 +114,11 @@ def find_clip_folder(name_or_path: str | os.PathLike[str], models_dir: str | os.
     candidate = Path(name_or_path)
     folder = candidate if candidate.is_dir() else Path(models_dir) / "clip" / str(name_or_path)
     expected = (
-        "config.json, one of " + ", ".join(WEIGHT_FILES) + ", preprocessor_config.json and a tokenizer ("
-        + " or ".join(TOKENIZER_FILES) + "); e.g. the files of the Hugging Face repo openai/clip-vit-large-patch14"
+        "config.json, one of "
+        + ", ".join(WEIGHT_FILES)
+        + ", preprocessor_config.json and a tokenizer ("
+        + " or ".join(TOKENIZER_FILES)
+        + "); e.g. the files of the Hugging Face repo openai/clip-vit-large-patch14"
     )
     if not folder.is_dir():
         raise ClipModelNotFound(
