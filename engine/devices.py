@@ -52,7 +52,11 @@ class DeviceManager:
     def __init__(self, device: str = "cpu", dtype: Any = None, vram_budget_bytes: int | None = None) -> None:
         import torch
 
-        self.device = torch.device(device)
+        dev = torch.device(device)
+        if dev.type == "cuda" and dev.index is None:
+            # parameters report "cuda:0": compare against the same, or every use() would move the model
+            dev = torch.device("cuda", torch.cuda.current_device())
+        self.device = dev
         self.dtype = dtype if dtype is not None else resolve_dtype(device)
         self.budget = vram_budget_bytes
         self._resident: OrderedDict[int, Any] = OrderedDict()  # id(module) -> module, LRU order

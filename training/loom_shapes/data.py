@@ -157,16 +157,17 @@ def sample_attributes(n: int, seed: int, device: torch.device | str = "cpu") -> 
     return attrs.to(device)
 
 
-def _star_inside(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Five-pointed star, outer radius 1, one tip pointing up (y grows downwards)."""
-    rho = torch.sqrt(x * x + y * y)
-    theta = torch.atan2(x, -y)  # 0 at the top tip
+def _star_inside(x, y):
+    """Five-pointed star, outer radius 1, one tip pointing up (y grows downwards); torch or numpy inputs."""
+    xp = np if isinstance(x, np.ndarray) else torch
+    atan2 = np.arctan2 if xp is np else torch.atan2
+    rho = xp.sqrt(x * x + y * y)
+    theta = atan2(x, -y)  # 0 at the top tip
     sector = 2 * math.pi / 5
     half = sector / 2
-    phi = torch.remainder(theta + half, sector) - half
-    phi = phi.abs()  # angle from the nearest tip, 0..36 degrees
+    phi = abs(xp.remainder(theta + half, sector) - half)  # angle from the nearest tip, 0..36 degrees
     r_in = STAR_INNER
-    boundary = r_in * math.sin(half) / (torch.sin(phi) + r_in * torch.sin(half - phi))
+    boundary = r_in * math.sin(half) / (xp.sin(phi) + r_in * xp.sin(half - phi))
     return rho <= boundary
 
 
@@ -176,8 +177,8 @@ _STAR_HALF_H = (1 + math.cos(math.pi / 5)) / 2
 _STAR_OFFSET_Y = (math.cos(math.pi / 5) - 1) / 2
 
 
-def shape_inside(kind: int, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Membership of normalised box coordinates for one shape kind (index into SHAPES).
+def shape_inside(kind: int, u, v):
+    """Membership of normalised box coordinates for one shape kind (index into SHAPES); torch or numpy.
 
     u, v in [-1, 1] span the shape's bounding box: every shape fills its box edge to edge, so the judge can
     fit templates to a measured bounding box with this same function.
@@ -186,21 +187,25 @@ def shape_inside(kind: int, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     if name == "circle":
         return u * u + v * v <= 1.0
     if name == "square":
-        return (u.abs() <= 1.0) & (v.abs() <= 1.0)
+        return (abs(u) <= 1.0) & (abs(v) <= 1.0)
     if name == "triangle":  # apex up, base at the bottom (y grows downwards)
-        return (v <= 1.0) & (u.abs() <= (v + 1.0) / 2)
+        return (v <= 1.0) & (abs(u) <= (v + 1.0) / 2)
     if name == "star":
         return _star_inside(u * _STAR_HALF_W, v * _STAR_HALF_H + _STAR_OFFSET_Y)
     if name == "diamond":
-        return u.abs() + v.abs() <= 1.0
+        return abs(u) + abs(v) <= 1.0
     raise ValueError(kind)
 
 
-def coverage(attrs: Attributes, supersample: int = 4, chunk: int = 1024) -> torch.Tensor:
+def coverage(attrs: Attributes, supersample: int = 4, chunk: int = 1024,
+             kinds_cpu: torch.Tensor | None = None) -> torch.Tensor:
     """Fraction of each pixel covered by the shape, (N, 64, 64) float in [0, 1].
 
-    Vectorised over images; the only Python loops are over chunks and the five shape kinds.
+    Vectorised over images; the only Python loops are over chunks and the five shape kinds. Pass the
+    shape indices as a CPU tensor (kinds_cpu) to avoid a GPU->CPU sync in the training loop.
     """
+    if kinds_cpu is None:
+        kinds_cpu = attrs.shape.cpu()
     n = len(attrs)
     s = supersample
     device = attrs.color.device
@@ -213,18 +218,19 @@ def coverage(attrs: Attributes, supersample: int = 4, chunk: int = 1024) -> torc
         v = (coords[None, :, None] - attrs.cy[a:b, None, None]) / r
         u, v = torch.broadcast_tensors(u, v)
         inside = torch.zeros(u.shape, device=device, dtype=torch.float32)
-        kinds = attrs.shape[a:b]
+        kinds = kinds_cpu[a:b]
         for k in range(len(SHAPES)):
-            sel = (kinds == k).nonzero()[:, 0]
-            if sel.numel():
+            sel_cpu = (kinds == k).nonzero()[:, 0]
+            if sel_cpu.numel():
+                sel = sel_cpu.to(device, non_blocking=True)
                 inside[sel] = shape_inside(k, u[sel], v[sel]).float()
         out[a:b] = torch.nn.functional.avg_pool2d(inside[:, None], s)[:, 0]
     return out
 
 
-def render(attrs: Attributes, supersample: int = 4) -> torch.Tensor:
+def render(attrs: Attributes, supersample: int = 4, kinds_cpu: torch.Tensor | None = None) -> torch.Tensor:
     """Images (N, 3, 64, 64) float in [0, 1] on attrs' device; anti-aliased by supersampling the mask."""
-    cover = coverage(attrs, supersample)[:, None]
+    cover = coverage(attrs, supersample, kinds_cpu=kinds_cpu)[:, None]
     fg = attrs.fg_rgb[:, :, None, None] / 255.0
     bg = attrs.bg_rgb[:, :, None, None] / 255.0
     return bg + (fg - bg) * cover
@@ -324,5 +330,6 @@ class Batch:
 
 def make_batch(n: int, seed: int, device: torch.device | str = "cpu") -> Batch:
     """A deterministic batch: same (n, seed) -> same images and captions on any device."""
-    attrs = sample_attributes(n, seed, device)
-    return Batch(attrs, render(attrs), caption_index(attrs))
+    cpu = sample_attributes(n, seed, "cpu")
+    attrs = cpu.to(device) if torch.device(device).type != "cpu" else cpu
+    return Batch(attrs, render(attrs, kinds_cpu=cpu.shape), caption_index(attrs))

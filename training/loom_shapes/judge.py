@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
-import torch
 
 from . import data as D
 
@@ -72,15 +71,15 @@ def _templates(bbox: tuple[int, int, int, int], shape_hw: tuple[int, int], super
     s = supersample
     cx, cy = (x0 + x1 + 1) / 2, (y0 + y1 + 1) / 2
     hw, hh = (x1 - x0 + 1) / 2, (y1 - y0 + 1) / 2
-    xs = (torch.arange(w * s, dtype=torch.float32) + 0.5) / s
-    ys = (torch.arange(h * s, dtype=torch.float32) + 0.5) / s
-    u = ((xs[None, :] - cx) / hw).expand(h * s, w * s)
-    v = ((ys[:, None] - cy) / hh).expand(h * s, w * s)
+    xs = (np.arange(w * s, dtype=np.float32) + 0.5) / s
+    ys = (np.arange(h * s, dtype=np.float32) + 0.5) / s
+    u = np.broadcast_to((xs[None, :] - cx) / hw, (h * s, w * s))
+    v = np.broadcast_to((ys[:, None] - cy) / hh, (h * s, w * s))
     out = []
     for k in range(len(D.SHAPES)):
-        inside = D.shape_inside(k, u, v).float()[None, None]
-        out.append(torch.nn.functional.avg_pool2d(inside, s)[0, 0] >= 0.5)
-    return torch.stack(out).numpy()
+        inside = D.shape_inside(k, u, v).astype(np.float32)
+        out.append(inside.reshape(h, s, w, s).mean((1, 3)) >= 0.5)  # same rasterisation as the generator
+    return np.stack(out)
 
 
 def classify_position(cx: float, cy: float, size: int = D.IMAGE_SIZE) -> str:
