@@ -40,9 +40,12 @@ def apply_sets(workflow: dict, sets: Sequence[str]) -> dict:
             raise UsageError(f"--set {item!r}: expected NODE.INPUT=VALUE")
         node_id, input_name = target.rsplit(".", 1)
         if not isinstance(nodes, dict) or node_id not in nodes or not isinstance(nodes[node_id], dict):
-            known = sorted(nodes)[:30] if isinstance(nodes, dict) else []
+            known = sorted(map(str, nodes))[:30] if isinstance(nodes, dict) else []
             raise UsageError(f"--set {item!r}: no node {node_id!r} in the workflow (nodes: {known})")
-        nodes[node_id].setdefault("inputs", {})[input_name] = _parse_value(value)
+        inputs = nodes[node_id].setdefault("inputs", {})
+        if not isinstance(inputs, dict):
+            raise UsageError(f"--set {item!r}: node {node_id!r} has no 'inputs' object")
+        inputs[input_name] = _parse_value(value)
     return workflow
 
 
@@ -82,9 +85,9 @@ def _registry():
 class _Progress:
     """Human progress on stderr: one line per node, a bar for nodes that report steps."""
 
-    def __init__(self, stream=sys.stderr) -> None:
-        self.stream = stream
-        self.tty = stream.isatty()
+    def __init__(self, stream=None) -> None:
+        self.stream = stream if stream is not None else sys.stderr  # looked up now: callers may redirect it
+        self.tty = self.stream.isatty()
 
     def __call__(self, event) -> None:
         t = event.type
@@ -103,7 +106,7 @@ class _Progress:
             w(f"  warning ({event.node_id}): {event.message}\n")
         elif t == "node_finished" and not event.cached:
             w(f"  done {event.node_id} in {event.seconds:.3f}s\n")
-        elif t == "run_failed":
+        elif t == "run_failed" and not event.errors:  # validation errors are printed by the command, one a line
             w(f"error in node {event.node_id} ({event.node_type}): {event.error_type}: {event.message}\n")
         elif t == "run_interrupted":
             w("interrupted\n")
@@ -112,17 +115,19 @@ class _Progress:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .executor import Executor
-    from .workflow import WorkflowError
+    from .workflow import WorkflowError, check_envelope
 
     settings = _settings_from(args)
     try:
         workflow, prompt = load_any_workflow(args.workflow)
         apply_sets(workflow, args.set or [])
+        check_envelope(workflow)  # a wrong file is told at once, before the node families are imported
     except (WorkflowError, UsageError) as exc:
         return _fail_invalid(args, str(exc))
     except ValueError as exc:  # ComfyUI translation errors
         return _fail_invalid(args, str(exc))
-    if workflow.get("settings", {}).get("fast") is True:
+    wf_settings = workflow.get("settings") if isinstance(workflow, dict) else None
+    if isinstance(wf_settings, dict) and wf_settings.get("fast") is True:
         settings.fast = True
     executor = Executor(_registry(), settings)
     interrupt = threading.Event()
@@ -131,8 +136,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         interrupt.set()
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
-    signal.signal(signal.SIGINT, on_sigint)
-    result = executor.run(workflow, on_event=_Progress(), interrupt=interrupt, prompt=prompt)
+    previous = None
+    if threading.current_thread() is threading.main_thread():  # signals only work there (main() may be embedded)
+        previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        result = executor.run(workflow, on_event=_Progress(), interrupt=interrupt, prompt=prompt)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
     if result.status == "invalid":
         assert result.error is not None
         if args.json:
@@ -158,10 +169,15 @@ def _format_error(e: dict) -> str:
 
 
 def _fail_invalid(args: argparse.Namespace, message: str) -> int:
+    """A file we cannot use at all: exit 2, one line on stderr (or the command's JSON document)."""
     if getattr(args, "json", False):
-        print(json.dumps({"status": "error", "nodes": {}, "outputs": {}, "valid": False,
-                          "error": {"node_id": None, "node_type": None, "error_type": "InvalidWorkflow", "message": message,
-                                    "errors": [{"node_id": None, "input": None, "code": "invalid_workflow", "message": message}]}}))
+        errors = [{"node_id": None, "input": None, "code": "invalid_workflow", "message": message}]
+        if getattr(args, "func", None) is cmd_validate:
+            print(json.dumps({"valid": False, "errors": errors}))
+        else:
+            print(json.dumps({"status": "error", "nodes": {}, "outputs": {},
+                              "error": {"node_id": None, "node_type": None, "error_type": "InvalidWorkflow",
+                                        "message": message, "errors": errors}}))
     else:
         sys.stderr.write(f"error: {message}\n")
     return 2
@@ -169,11 +185,12 @@ def _fail_invalid(args: argparse.Namespace, message: str) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from .graph import validate
-    from .workflow import WorkflowError
+    from .workflow import WorkflowError, check_envelope
 
     settings = _settings_from(args)
     try:
         workflow, _ = load_any_workflow(args.workflow)
+        check_envelope(workflow)
     except (WorkflowError, ValueError) as exc:
         return _fail_invalid(args, str(exc))
     graph, errors = validate(workflow, _registry(), settings)
@@ -210,8 +227,15 @@ def cmd_nodes(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import server
+    # server.py sits at the repository root, which is not on sys.path when `loom` runs from .venv/bin
+    import importlib.util
 
+    from .settings import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("loom_server_entry", REPO_ROOT / "server.py")
+    assert spec is not None and spec.loader is not None
+    server = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(server)
     return server.main(args.server_args)
 
 
@@ -268,6 +292,9 @@ def _extra_commands() -> list:
 
 def main(argv: Sequence[str] | None = None) -> int:
     offline()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:  # every flag after `serve` is server.py's (argparse.REMAINDER drops leading --flags)
+        return cmd_serve(argparse.Namespace(server_args=argv[1:]))
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -49,25 +49,39 @@ def is_comfy_prompt(data: Any) -> bool:
 
 def _ensure_tables() -> None:
     # the node families register their ComfyUI equivalents when imported
-    if not COMFY_CLASSES or "CheckpointLoaderSimple" not in COMFY_CLASSES:
+    if not COMFY_CLASSES or "CheckpointLoaderSimple" not in COMFY_CLASSES or "LoraLoader" not in COMFY_CLASSES:
         import importlib
 
-        for mod in ("nodes.image", "nodes.comfy_compat"):
+        for mod in ("nodes.image", "nodes.comfy_compat", "nodes.comfy_compat_control"):
             try:
                 importlib.import_module(mod)
             except ImportError:
                 pass
 
 
-def prompt_to_workflow(prompt: dict) -> dict:
-    """Translate a ComfyUI API prompt into a version-1 workflow (node ids kept)."""
+def _spec_of(class_type: Any, registry: Any) -> ComfyClass | None:
+    """The table entry, else (with a registry) one of our own node types used under its own name."""
+    spec = COMFY_CLASSES.get(class_type)
+    if spec is None and registry is not None and isinstance(class_type, str):
+        d = registry.get(class_type)
+        if d is not None:
+            spec = ComfyClass(d.name, outputs=[o.name for o in d.outputs], output_node=d.output_node)
+    return spec
+
+
+def prompt_to_workflow(prompt: dict, registry: Any = None) -> dict:
+    """Translate a ComfyUI API prompt into a version-1 workflow (node ids kept).
+
+    With a `registry`, class types that are our own node names (as `/object_info` lists them) pass
+    through unchanged, so a client built on our `/object_info` can post prompts too.
+    """
     _ensure_tables()
     if "prompt" in prompt and isinstance(prompt["prompt"], dict) and "class_type" not in prompt.get("prompt", {}):
         prompt = prompt["prompt"]
     nodes: dict[str, dict] = {}
     for nid, entry in prompt.items():
         cls = entry.get("class_type")
-        spec = COMFY_CLASSES.get(cls)
+        spec = _spec_of(cls, registry)
         if spec is None:
             raise ComfyTranslationError(str(nid), f"ComfyUI class_type {cls!r} is not supported "
                                                   f"(supported: {', '.join(sorted(COMFY_CLASSES))})")
@@ -82,7 +96,7 @@ def prompt_to_workflow(prompt: dict) -> dict:
                 src_entry = prompt.get(src) if src in prompt else prompt.get(value[0])
                 if src_entry is None:
                     raise ComfyTranslationError(str(nid), f"input {name!r} links to node {src!r}, which does not exist")
-                src_spec = COMFY_CLASSES.get(src_entry.get("class_type"))
+                src_spec = _spec_of(src_entry.get("class_type"), registry)
                 if src_spec is None:
                     raise ComfyTranslationError(src, f"ComfyUI class_type {src_entry.get('class_type')!r} is not supported")
                 if not 0 <= value[1] < len(src_spec.outputs):
