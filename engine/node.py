@@ -364,8 +364,19 @@ class NodeDef:
         return self.normalise_result(result)
 
     def normalise_result(self, result: Any) -> dict[str, Any]:
+        """{output name: value}, plus "__ui__" when the node also shows something: a node may return its
+        value(s), a NodeUI alone (output nodes without outputs), or `(value(s), NodeUI)`."""
         if isinstance(result, NodeUI):
             return {"__ui__": result}
+        ui = None
+        if isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], NodeUI):
+            result, ui = result
+        out = self._values(result)
+        if ui is not None:
+            out["__ui__"] = ui
+        return out
+
+    def _values(self, result: Any) -> dict[str, Any]:
         if self.multi_output:
             if isinstance(result, Outputs):
                 return result.as_dict()
@@ -373,14 +384,12 @@ class NodeDef:
                 missing = [o.name for o in self.outputs if o.name not in result]
                 if missing:
                     raise NodeError(f"node {self.name} returned no value for outputs {missing}")
-                return result
+                return dict(result)
             if isinstance(result, tuple) and len(result) == len(self.outputs):
                 return {o.name: v for o, v in zip(self.outputs, result)}
             raise NodeError(f"node {self.name} returned {type(result).__name__}, expected its Outputs")
         if not self.outputs:
             return {}
-        if isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], NodeUI):
-            return {self.outputs[0].name: result[0], "__ui__": result[1]}
         return {self.outputs[0].name: result}
 
 
