@@ -281,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _extra_commands() -> list:
     """Sub-commands contributed by other modules (submit, eval), each optional."""
     found = []
-    for modname in ("engine.client", "engine.eval_cli"):
+    for modname in ("engine.client", "nodes.metrics.cli"):
         try:
             mod = __import__(modname, fromlist=["register"])
         except ImportError:
