@@ -14,60 +14,96 @@ from collections import OrderedDict
 from typing import Any
 
 
+_ENCODE = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=repr, ensure_ascii=False).encode
+_FLAT = frozenset({str, int, float, bool, type(None)})
+
+
 def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=repr, ensure_ascii=False)
+    return _ENCODE(value)
+
+
+def _canonical_literals(literals: dict[str, Any]) -> str:
+    """A stable text of a node's literal inputs. Flat scalars (nearly every node) take a fast path whose
+    `repr` keeps types apart (1, 1.0, True and "1" differ); anything else is canonical JSON."""
+    if not literals:
+        return "r"
+    for v in literals.values():
+        if type(v) not in _FLAT:
+            return "j" + _ENCODE(literals)
+    return "r" + repr(sorted(literals.items()))
 
 
 def signature(node_type: str, literals: dict[str, Any], upstream: dict[str, str], extra: str = "") -> str:
     """Digest of what determines a node's outputs. `upstream` maps input name -> "sig:output"."""
-    h = hashlib.blake2b(digest_size=16)
-    h.update(node_type.encode())
-    h.update(b"\0")
-    h.update(_canonical(literals).encode())
-    h.update(b"\0")
+    parts = [node_type, "\0", _canonical_literals(literals), "\0"]
     for name in sorted(upstream):
-        h.update(name.encode())
-        h.update(b"=")
-        h.update(upstream[name].encode())
-        h.update(b";")
+        parts += (name, "=", upstream[name], ";")
     if extra:
-        h.update(b"\0")
-        h.update(extra.encode())
-    return h.hexdigest()
+        parts += ("\0", extra)
+    return hashlib.blake2b("".join(parts).encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+
+
+_SCALARS = (int, float, bool, type(None), complex)
 
 
 def estimate_nbytes(value: Any, _seen: set[int] | None = None) -> int:
-    """Bytes a cached value holds; tensor *storage* is counted once per storage, whatever the views."""
-    seen = _seen if _seen is not None else set()
-    size_of = getattr(value, "__loom_nbytes__", None)
-    if callable(size_of):
-        return int(size_of())
-    storage = getattr(value, "untyped_storage", None)
-    if callable(storage):  # torch.Tensor, without importing torch here
-        try:
-            st = storage()
-            key = st.data_ptr()
-            if key in seen:
-                return 0
-            seen.add(key)
-            return int(st.nbytes())
-        except Exception:
-            pass
-    nbytes = getattr(value, "nbytes", None)
-    if isinstance(nbytes, int):  # numpy
-        return nbytes
-    if isinstance(value, (bytes, bytearray, str)):
-        return len(value) + 49
-    if isinstance(value, dict):
-        return 64 + sum(estimate_nbytes(v, seen) for v in value.values())
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return 56 + sum(estimate_nbytes(v, seen) for v in value)
-    if hasattr(value, "size") and hasattr(value, "mode") and hasattr(value, "getbands"):  # PIL image
-        w, h = value.size
-        return w * h * len(value.getbands())
-    if hasattr(value, "__dict__") and not isinstance(value, type):
-        return 64 + sum(estimate_nbytes(v, seen) for v in vars(value).values() if not callable(v))
-    return 32
+    """Bytes a cached value holds; tensor *storage* is counted once per storage, whatever the views.
+
+    Iterative, and each container or object is visited once: deep or self-referencing values (a model
+    handle pointing back at its owner) neither recurse without bound nor count twice.
+    """
+    seen = _seen if _seen is not None else set()  # storages counted so far
+    visited: set[int] = set()  # containers and objects walked so far
+    total = 0
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if type(v) in _SCALARS:
+            total += 32
+            continue
+        size_of = getattr(v, "__loom_nbytes__", None)
+        if callable(size_of):
+            total += int(size_of())
+            continue
+        storage = getattr(v, "untyped_storage", None)
+        if callable(storage):  # torch.Tensor, without importing torch here
+            try:
+                st = storage()
+                key = st.data_ptr()
+                if key not in seen:
+                    seen.add(key)
+                    total += int(st.nbytes())
+                continue
+            except Exception:
+                pass
+        nbytes = getattr(v, "nbytes", None)
+        if isinstance(nbytes, int):  # numpy
+            total += nbytes
+            continue
+        if isinstance(v, (bytes, bytearray, str)):
+            total += len(v) + 49
+            continue
+        if hasattr(v, "size") and hasattr(v, "mode") and hasattr(v, "getbands"):  # PIL image
+            w, h = v.size
+            total += w * h * len(v.getbands())
+            continue
+        if id(v) in visited:
+            continue
+        if isinstance(v, dict):
+            visited.add(id(v))
+            total += 64
+            stack.extend(v.values())
+        elif isinstance(v, (list, tuple, set, frozenset)):
+            visited.add(id(v))
+            total += 56
+            stack.extend(v)
+        elif hasattr(v, "__dict__") and not isinstance(v, type):
+            visited.add(id(v))
+            total += 64
+            stack.extend(x for x in vars(v).values() if not callable(x))
+        else:
+            total += 32
+    return total
 
 
 class OutputCache:

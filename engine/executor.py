@@ -16,7 +16,8 @@ import traceback
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from collections import ChainMap
+from typing import Any, Callable, Mapping
 
 from . import events as ev
 from .cache import OutputCache, signature
@@ -58,7 +59,6 @@ class RunResult:
         """The CLI's `--json` document (DESIGN.md section 2)."""
         return {
             "status": "success" if self.status == "success" else "error",
-            "run_id": self.run_id,
             "nodes": {nid: {"status": r.status, "cached": r.cached, "seconds": round(r.seconds, 6)} for nid, r in self.nodes.items()},
             "outputs": self.output_paths(settings),
             "error": self.error,
@@ -130,11 +130,17 @@ class Executor:
     def signatures(self, graph: Graph, nonce: str = "") -> dict[str, str]:
         sigs: dict[str, str] = {}
         settings = self.settings
+        nodes = graph.nodes
         for nid in graph.order:
-            sigs[nid] = self._signature(graph.nodes[nid], sigs, nonce, settings)
+            g = nodes[nid]
+            d = g.d
+            if d.fingerprint is None and d.deterministic and g.body is None:  # the common case, inlined
+                sigs[nid] = signature(d.name, g.literals, {i: f"{sigs[src]}:{out}" for i, (src, out) in g.links.items()})
+            else:
+                sigs[nid] = self._signature(g, sigs, nonce, settings)
         return sigs
 
-    def _signature(self, g: GNode, sigs: dict[str, str], nonce: str, settings: Settings) -> str:
+    def _signature(self, g: GNode, sigs: Mapping[str, str], nonce: str, settings: Settings) -> str:
         d = g.d
         assert d is not None
         extra = ""
@@ -146,10 +152,25 @@ class Executor:
         if not d.deterministic:
             extra += "|nonce:" + nonce
         if g.body is not None:
-            deps = sorted(f"{s}={sigs.get(s, '')}" for s in g.body.outer_deps)
-            extra += "|body:" + g.body.canonical + "|" + ",".join(deps)
+            extra += "|body:" + self._body_signature(g.body, sigs, nonce, settings)
         upstream = {i: f"{sigs[src]}:{out}" for i, (src, out) in g.links.items()}
         return signature(d.name, g.literals, upstream, extra)
+
+    def _body_signature(self, body: Body, outer: Mapping[str, str], nonce: str, settings: Settings) -> str:
+        """The signature of what a body computes: its nodes' signatures, as for any graph, with LoopInput as
+        a fixed token and the outer nodes it reads by their signatures. Ids never enter it (nor do unused
+        nodes or `ui`), and nested bodies, fingerprints and non-deterministic body nodes count."""
+        local: dict[str, str] = {}
+        scope = ChainMap(local, outer)  # type: ignore[arg-type]
+        for nid in body.order:
+            n = body.nodes[nid]
+            if n.type == LOOP_INPUT:
+                local[nid] = LOOP_INPUT
+            elif n.d is None:  # LoopOutput
+                local[nid] = signature(LOOP_OUTPUT, n.literals, {i: f"{scope[src]}:{out}" for i, (src, out) in n.links.items()})
+            else:
+                local[nid] = self._signature(n, scope, nonce, settings)
+        return local[body.output_id]
 
     def _run(self, graph: Graph, run_id: str, emit: _Emitter, interrupt: threading.Event, prompt: dict | None) -> RunResult:
         t_run = time.perf_counter()
@@ -190,11 +211,14 @@ class Executor:
                 kwargs = dict(g.literals)
                 for iname, (src, out) in g.links.items():
                     kwargs[iname] = values[src][out]
-                ctx = NodeContext(node_id=nid, node_type=d.name, run_id=run_id, folders=folders, settings=self.settings,
-                                  workflow=graph.raw, prompt=prompt, interrupt_event=interrupt,
-                                  emit=self._node_emitter(emit, nid) if emit else None)
+                ctx = None  # only nodes that take a context (and loops) get one: most pure functions do not
+                if d.context_param is not None or g.body is not None:
+                    ctx = NodeContext(node_id=nid, node_type=d.name, run_id=run_id, folders=folders, settings=self.settings,
+                                      workflow=graph.raw, prompt=prompt, interrupt_event=interrupt,
+                                      emit=self._node_emitter(emit, nid) if emit else None)
                 if g.body is not None:
-                    outputs = self._run_loop(g, d, kwargs, ctx, values, interrupt, emit)
+                    outputs, body_values = _run_loop(g, d, kwargs, ctx, values)
+                    self.last_body_values[nid] = body_values
                 else:
                     outputs = d.call(kwargs, ctx)
                 seconds = time.perf_counter() - t0
@@ -239,27 +263,33 @@ class Executor:
                 emit(ev.NodeWarning, node_id=nid, message=data["message"])
         return node_emit
 
-    # ------------------------------------------------------------------------------------------------
-    def _run_loop(self, g: GNode, d: NodeDef, kwargs: dict, ctx: NodeContext, outer: dict[str, dict[str, Any]],
-                  interrupt: threading.Event, emit: _Emitter) -> dict[str, Any]:
-        """Drive a loop node's generator: each yielded body input runs the body graph once."""
-        body = g.body
-        assert body is not None
-        if d.context_param is not None:
-            kwargs[d.context_param] = ctx
-        gen = d.func(**kwargs)
-        plan = _BodyPlan(body, outer, ctx, g.id)
-        try:
-            sent = next(gen)
-            while True:
-                if interrupt.is_set():
-                    gen.close()
-                    raise Interrupted("interrupted in loop " + g.id)
-                outs = plan.run(sent.as_dict() if hasattr(sent, "as_dict") else dict(sent))
-                sent = gen.send(outs)
-        except StopIteration as stop:
-            self.last_body_values[g.id] = plan.local
-            return d.normalise_result(stop.value)
+
+
+def _run_loop(g: GNode, d: NodeDef, kwargs: dict, ctx: NodeContext,
+              outer: Mapping[str, dict[str, Any]]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Drive a loop node's generator: each yielded body input runs the body graph once.
+
+    Returns the loop's outputs and the body's last values. `outer` holds the values of the graphs around
+    the body (for a nested loop: the enclosing body's, then the top level's).
+    """
+    body = g.body
+    assert body is not None
+    if d.context_param is not None:
+        kwargs[d.context_param] = ctx
+    gen = d.func(**kwargs)
+    plan = _BodyPlan(body, outer, ctx, ctx.node_id or g.id)
+    interrupt = ctx.interrupt_event
+    try:
+        sent = next(gen)
+        while True:
+            if interrupt is not None and interrupt.is_set():
+                raise Interrupted("interrupted in loop " + g.id)
+            outs = plan.run(sent.as_dict() if hasattr(sent, "as_dict") else dict(sent))
+            sent = gen.send(outs)
+    except StopIteration as stop:
+        return d.normalise_result(stop.value), plan.local
+    finally:
+        gen.close()  # on an error or interrupt in the body, run the loop's own clean-up (finally blocks)
 
 
 class _BodyPlan:
@@ -268,16 +298,19 @@ class _BodyPlan:
     Nodes that do not depend on the loop's per-iteration values run once and are reused.
     """
 
-    def __init__(self, body: Body, outer: dict[str, dict[str, Any]], ctx: NodeContext, loop_id: str) -> None:
+    def __init__(self, body: Body, outer: Mapping[str, dict[str, Any]], ctx: NodeContext, loop_id: str) -> None:
         self.body = body
         self.outer = outer
         self.local: dict[str, dict[str, Any]] = {}
         variant: set[str] = set()
         for nid in body.order:  # topological: a node varies if any input comes from LoopInput or a varying node
             n = body.nodes[nid]
-            if n.type == LOOP_INPUT or any(src in variant for src, _ in n.links.values() if src in body.nodes):
+            deps = [src for src, _ in n.links.values()]
+            if n.body is not None:  # a nested loop also reads what its own body reads
+                deps.extend(n.body.outer_deps)
+            if n.type == LOOP_INPUT or any(src in variant for src in deps if src in body.nodes):
                 variant.add(nid)
-        self.steps: list[tuple[str, NodeDef | None, dict, list[tuple[str, bool, str, str]], NodeContext | None]] = []
+        self.steps: list[tuple[str, NodeDef | None, dict, list[tuple[str, bool, str, str]], NodeContext | None, GNode]] = []
         self.invariant: list = []
         for nid in body.order:
             n = body.nodes[nid]
@@ -287,8 +320,9 @@ class _BodyPlan:
             node_ctx = None
             if n.d is not None:
                 node_ctx = NodeContext(node_id=f"{loop_id}/{nid}", node_type=n.type, run_id=ctx.run_id, folders=ctx.folders,
-                                       settings=ctx.settings, workflow=ctx.workflow, interrupt_event=ctx.interrupt_event)
-            step = (nid, n.d, n.literals, binds, node_ctx)
+                                       settings=ctx.settings, workflow=ctx.workflow, prompt=ctx.prompt,
+                                       interrupt_event=ctx.interrupt_event)
+            step = (nid, n.d, n.literals, binds, node_ctx, n)
             (self.steps if nid in variant or n.type == LOOP_OUTPUT else self.invariant).append(step)
         self._invariant_done = False
         self.input_ids = [nid for nid in body.order if body.nodes[nid].type == LOOP_INPUT]
@@ -296,7 +330,7 @@ class _BodyPlan:
     def _exec(self, steps: list) -> dict[str, Any] | None:
         local, outer = self.local, self.outer
         result = None
-        for nid, d, literals, binds, node_ctx in steps:
+        for nid, d, literals, binds, node_ctx, n in steps:
             kwargs = dict(literals)
             for iname, is_local, src, out in binds:
                 kwargs[iname] = (local if is_local else outer)[src][out]
@@ -304,12 +338,21 @@ class _BodyPlan:
                 result = kwargs
                 continue
             try:
-                local[nid] = d.call(kwargs, node_ctx)
-            except (Interrupted, StopIteration):
+                if n.body is not None:  # a nested loop: its body sees this body's values, then ours' outer ones
+                    local[nid] = _run_loop(n, d, kwargs, node_ctx, ChainMap(local, outer))[0]  # type: ignore[arg-type]
+                else:
+                    local[nid] = d.call(kwargs, node_ctx)
+            except Interrupted:
                 raise
+            except StopIteration as exc:  # must not look like the end of the loop to the generator driver
+                err = RuntimeError(f"node raised StopIteration {exc}".strip())
+                err.loom_node_id = node_ctx.node_id  # type: ignore[attr-defined,union-attr]
+                err.loom_node_type = d.name  # type: ignore[attr-defined]
+                raise err from exc
             except Exception as exc:
-                exc.loom_node_id = node_ctx.node_id  # type: ignore[attr-defined,union-attr]
-                exc.loom_node_type = d.name  # type: ignore[attr-defined]
+                if getattr(exc, "loom_node_id", None) is None:  # keep the innermost node of nested loops
+                    exc.loom_node_id = node_ctx.node_id  # type: ignore[attr-defined,union-attr]
+                    exc.loom_node_type = d.name  # type: ignore[attr-defined]
                 raise
         return result
 

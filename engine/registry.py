@@ -42,12 +42,18 @@ class Registry:
         return d
 
     def add_module(self, module: Any) -> int:
+        """Register the nodes a module declares: all of them, or (on a clash) none."""
+        defs, aliases = dict(self._defs), dict(self._aliases)
         count = 0
-        for value in vars(module).values():
-            d = getattr(value, "__loom_node__", None)
-            if isinstance(d, NodeDef) and d.module == module.__name__:
-                self.add(d)
-                count += 1
+        try:
+            for value in vars(module).values():
+                d = getattr(value, "__loom_node__", None)
+                if isinstance(d, NodeDef) and d.module == module.__name__:
+                    self.add(d)
+                    count += 1
+        except NodeDeclarationError:
+            self._defs, self._aliases = defs, aliases
+            raise
         return count
 
     def load_package(self, package: str = "nodes") -> None:
@@ -72,8 +78,17 @@ class Registry:
             self.add_module(mod)
 
     def load_folder(self, folder: Path) -> None:
-        """Opt-in custom nodes: each .py file (or package) in `folder` is imported and registered."""
-        for path in sorted(Path(folder).iterdir()):
+        """Opt-in custom nodes: each .py file (or package) in `folder` is imported and registered.
+
+        A module that fails to import or declares a clashing node is reported in `load_errors`; the
+        others still load.
+        """
+        try:
+            paths = sorted(Path(folder).iterdir())
+        except OSError as exc:
+            self.load_errors.append(f"custom node folder {folder}: {type(exc).__name__}: {exc}")
+            return
+        for path in paths:
             target = path / "__init__.py" if path.is_dir() else path
             if not target.exists() or target.suffix != ".py" or path.name.startswith(("_", ".")):
                 continue
@@ -85,10 +100,11 @@ class Registry:
             sys.modules[name] = mod
             try:
                 spec.loader.exec_module(mod)
+                self.add_module(mod)
             except Exception as exc:
+                sys.modules.pop(name, None)
                 self.load_errors.append(f"custom node {path}: {type(exc).__name__}: {exc}")
                 continue
-            self.add_module(mod)
 
     @classmethod
     def default(cls) -> "Registry":

@@ -12,6 +12,7 @@ functions in `MIGRATIONS`, so version-1 files keep working when version 2 arrive
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -62,18 +63,30 @@ class Workflow(BaseModel):
 NodeEntry.model_rebuild()
 
 
-def parse_input(value: Any) -> tuple[str, Any]:
-    """Classify a raw input value: ("link", Link) | ("literal", value) | ("bad", reason)."""
+def classify_input(value: Any) -> tuple[str, Any]:
+    """Classify a raw input value: ("link", (node, output)) | ("literal", value) | ("bad", reason).
+
+    `parse_input` with the link as a plain tuple: the validator calls this once per input.
+    """
     if isinstance(value, dict):
-        keys = set(value)
-        if keys == {"node", "output"}:
-            if isinstance(value["node"], str) and isinstance(value["output"], str):
-                return "link", Link(node=value["node"], output=value["output"])
+        n = len(value)
+        if n == 2 and "node" in value and "output" in value:
+            node, output = value["node"], value["output"]
+            if isinstance(node, str) and isinstance(output, str):
+                return "link", (node, output)
             return "bad", "a link needs string 'node' and 'output'"
-        if keys == {"value"}:
+        if n == 1 and "value" in value:
             return "literal", value["value"]
         return "bad", "an object must be a link {node, output} or a wrapped literal {value: ...}"
     return "literal", value
+
+
+def parse_input(value: Any) -> tuple[str, Any]:
+    """Classify a raw input value: ("link", Link) | ("literal", value) | ("bad", reason)."""
+    kind, v = classify_input(value)
+    if kind == "link":
+        return kind, Link(node=v[0], output=v[1])
+    return kind, v
 
 
 def is_link(value: Any) -> bool:
@@ -96,8 +109,13 @@ def migrate(data: dict) -> dict:
         raise WorkflowError(f"workflow version {version} is newer than this Latent Loom reads (up to {CURRENT_VERSION})")
     if version < 1:
         raise WorkflowError(f"workflow version {version} does not exist (versions start at 1)")
+    if version < CURRENT_VERSION:
+        data = copy.deepcopy(data)  # migrations edit in place: never the caller's document
     while version < CURRENT_VERSION:
-        data = MIGRATIONS[version](data)
+        step = MIGRATIONS.get(version)
+        if step is None:
+            raise WorkflowError(f"workflow version {version} cannot be read: no migration to version {version + 1}")
+        data = step(data)
         version += 1
         data["version"] = version
     return data

@@ -71,8 +71,13 @@ def _save(images, ctx: NodeContext, prefix: str, kind: str) -> NodeUI:
     refs = []
     counter = next_counter(folder, stem)
     for img in tensor_to_pils(images):
-        name = f"{stem}_{counter:05d}_.png"
-        atomic_save_png(img, folder / name, info, compress_level=4 if kind == "output" else 1)
+        while True:  # never replace an earlier image: another run may have taken this counter meanwhile
+            name = f"{stem}_{counter:05d}_.png"
+            try:
+                atomic_save_png(img, folder / name, info, compress_level=4 if kind == "output" else 1, overwrite=False)
+                break
+            except FileExistsError:
+                counter += 1
         refs.append(FileRef(filename=name, subfolder=subfolder, type=kind))
         counter += 1
     return NodeUI(images=refs)
@@ -154,6 +159,10 @@ def image_pad(
 
     x = image.movedim(-1, 1)
     pad = (left, right, top, bottom)
+    h, w = image.shape[1:3]
+    if mode == "reflect" and (max(left, right) >= w or max(top, bottom) >= h):
+        raise NodeError(f"reflect padding needs borders smaller than the {w}x{h} image (got left={left}, right={right}, "
+                        f"top={top}, bottom={bottom}); use mode 'edge' or 'constant'")
     if mode == "constant":
         out = F.pad(x, pad, mode="constant", value=value)
     else:

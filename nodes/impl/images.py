@@ -56,7 +56,7 @@ def pil_to_tensor(img: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
     rgba = img.convert("RGBA")
     arr = np.asarray(rgba, dtype=np.float32) / 255.0
     image = torch.from_numpy(arr[..., :3].copy())[None]
-    if "A" in img.getbands():
+    if "A" in img.getbands() or "transparency" in img.info:  # palette / grey images carry alpha as `transparency`
         mask = 1.0 - torch.from_numpy(arr[..., 3].copy())[None]
     else:
         mask = torch.zeros((1, arr.shape[0], arr.shape[1]), dtype=torch.float32)
@@ -85,17 +85,33 @@ def png_info(workflow: dict | None, prompt: dict | None, extra: dict[str, Any] |
     return info
 
 
-def atomic_save_png(img: Image.Image, path: Path, pnginfo: PngImagePlugin.PngInfo | None, compress_level: int = 4) -> None:
-    """Write to a temporary file in the same folder, then rename: a file is complete or absent."""
+def atomic_save_png(img: Image.Image, path: Path, pnginfo: PngImagePlugin.PngInfo | None, compress_level: int = 4,
+                    overwrite: bool = True) -> None:
+    """Write to a temporary file in the same folder, then rename: a file is complete or absent.
+
+    With `overwrite=False` an existing `path` is never replaced (FileExistsError): the final step is a
+    hard link, which fails atomically when the name is taken (two processes saving with one counter).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             img.save(f, format="PNG", pnginfo=pnginfo, compress_level=compress_level)
-        os.replace(tmp, path)
-    except BaseException:
+            f.flush()
+            os.fsync(f.fileno())  # the bytes are on disk before the name appears
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise
+            except OSError:  # a file system without hard links: check, then rename (a small race remains)
+                if path.exists():
+                    raise FileExistsError(str(path)) from None
+                os.replace(tmp, path)
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 _COUNTER_RE = re.compile(r"_(\d{5})_\.png$")

@@ -65,7 +65,9 @@ def gaussian_blur(image: torch.Tensor, radius: int, sigma: float) -> torch.Tenso
     k = (k / k.sum()).to(image.dtype)
     x = image.movedim(-1, 1)
     c = x.shape[1]
-    x = F.pad(x, (radius, radius, radius, radius), mode="reflect")
+    h, w = x.shape[-2:]
+    # reflect needs a border smaller than the image; a small image with a wide kernel repeats its edge instead
+    x = F.pad(x, (radius, radius, radius, radius), mode="reflect" if radius < min(h, w) else "replicate")
     x = F.conv2d(x, k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
     x = F.conv2d(x, k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
     return x.movedim(1, -1).contiguous()

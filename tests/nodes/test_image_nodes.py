@@ -1,0 +1,348 @@
+"""Core image nodes (nodes/image.py, nodes/impl/): load, save, preview, and numerically checked transforms."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from engine.cache import OutputCache
+from engine.executor import Executor
+from engine.node import Folders, NodeContext, NodeError
+from engine.registry import Registry
+from engine.settings import Settings
+from nodes import image as N
+from nodes.impl import images as IM
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def folders(tmp_path):
+    f = Folders(models=tmp_path / "models", input=tmp_path / "input", output=tmp_path / "output",
+                temp=tmp_path / "output" / "temp", user=tmp_path / "user")
+    f.input.mkdir(parents=True)
+    return f
+
+
+def ctx(folders, **kw):
+    return NodeContext(node_id=kw.pop("node_id", "n1"), node_type="Test", run_id=kw.pop("run_id", "abcdef0123"),
+                       folders=folders, **kw)
+
+
+def ramp(h=4, w=6, c=3, b=1):
+    return torch.arange(b * h * w * c, dtype=torch.float32).reshape(b, h, w, c) / (b * h * w * c)
+
+
+# --- LoadImage ----------------------------------------------------------------------------------------
+def test_load_rgba_alpha_becomes_mask(folders):
+    arr = np.zeros((3, 4, 4), dtype=np.uint8)
+    arr[..., 0] = 255  # red
+    arr[..., 3] = 255
+    arr[0, 0, 3] = 0  # one fully transparent pixel
+    arr[1, 1, 3] = 51  # 20 % opaque
+    Image.fromarray(arr, "RGBA").save(folders.input / "a.png")
+    out = N.load_image("a.png", ctx(folders))
+    assert out.image.shape == (1, 3, 4, 3) and out.image.dtype == torch.float32
+    assert out.mask.shape == (1, 3, 4)
+    assert torch.allclose(out.image[0, :, :, 0], torch.ones(3, 4))
+    assert out.mask[0, 0, 0] == 1.0 and out.mask[0, 2, 3] == 0.0  # transparent = 1 (to change)
+    assert out.mask[0, 1, 1] == pytest.approx(0.8)
+
+
+def test_load_rgb_has_empty_mask(folders):
+    Image.new("RGB", (5, 2), (0, 255, 0)).save(folders.input / "g.jpg", quality=100)
+    out = N.load_image("g.jpg", ctx(folders))
+    assert out.image.shape == (1, 2, 5, 3) and torch.count_nonzero(out.mask) == 0
+    assert out.image[0, :, :, 1].min() > 0.95
+
+
+def test_load_palette_with_transparency_gives_mask(folders):
+    img = Image.new("P", (2, 2), 0)
+    img.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
+    img.putpixel((1, 1), 1)
+    img.info["transparency"] = 1
+    img.save(folders.input / "p.png", transparency=1)
+    out = N.load_image("p.png", ctx(folders))
+    assert out.mask[0, 1, 1] == 1.0 and out.mask[0, 0, 0] == 0.0
+
+
+def test_load_missing_file_lists_the_folder(folders):
+    Image.new("RGB", (2, 2)).save(folders.input / "there.png")
+    with pytest.raises(NodeError) as info:
+        N.load_image("absent.png", ctx(folders))
+    assert "absent.png" in str(info.value) and "there.png" in str(info.value) and str(folders.input) in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["../secret.png", "/etc/passwd", "sub/../../x.png", ""])
+def test_load_refuses_traversal(folders, name):
+    (folders.input.parent / "secret.png").write_bytes(b"x")
+    with pytest.raises(NodeError):
+        N.load_image(name, ctx(folders))
+
+
+def test_load_refuses_symlink_out_of_the_folder(folders):
+    outside = folders.input.parent / "outside.png"
+    Image.new("RGB", (2, 2)).save(outside)
+    (folders.input / "link.png").symlink_to(outside)
+    with pytest.raises(NodeError, match="outside"):
+        N.load_image("link.png", ctx(folders))
+
+
+def test_load_not_an_image(folders):
+    (folders.input / "fake.png").write_text("hello")
+    with pytest.raises(NodeError, match="not an image"):
+        N.load_image("fake.png", ctx(folders))
+
+
+def test_load_validation_lists_choices_and_fingerprint_tracks_the_file(folders, tmp_path):
+    settings = Settings(input_dir=folders.input, output_dir=folders.output)
+    Image.new("RGB", (2, 2)).save(folders.input / "one.png")
+    (folders.input / "sub").mkdir()
+    Image.new("RGB", (2, 2)).save(folders.input / "sub" / "two.png")
+    (folders.input / ".hidden.png").write_bytes(b"")
+    spec = N.load_image.__loom_node__.inputs["image"]
+    assert spec.validate_literal("sub/two.png", settings) is None
+    code, msg = spec.validate_literal("../one.png", settings)
+    assert code == "not_in_choices" and "one.png" in msg and "sub/two.png" in msg and ".hidden" not in msg
+    fp = N.load_image.__loom_node__.fingerprint
+    first = fp({"image": "one.png"}, settings)
+    Image.new("RGB", (3, 3)).save(folders.input / "one.png")
+    assert fp({"image": "one.png"}, settings) != first
+    assert fp({"image": "gone.png"}, settings).startswith("missing")
+
+
+# --- SaveImage / PreviewImage ----------------------------------------------------------------------------
+WORKFLOW = {"format": "latentloom.workflow", "version": 1, "nodes": {"a": {"type": "X", "inputs": {"text": "ünïcode"}}}}
+
+
+def test_save_embeds_workflow_and_prompt(folders):
+    prompt = {"1": {"class_type": "SaveImage", "inputs": {}}}
+    ui = N.save_image(ramp(), ctx(folders, workflow=WORKFLOW, prompt=prompt), "shot")
+    (ref,) = ui.images
+    assert (ref.filename, ref.subfolder, ref.type) == ("shot_00001_.png", "", "output")
+    img = Image.open(folders.output / ref.filename)
+    assert json.loads(img.text["workflow"]) == WORKFLOW
+    assert json.loads(img.text["prompt"]) == prompt
+    back = np.asarray(img, dtype=np.float32) / 255
+    assert np.abs(back - ramp()[0].numpy()).max() <= 0.5 / 255 + 1e-6  # 8-bit rounding only
+
+
+def test_save_without_prompt_writes_no_prompt_chunk(folders):
+    ui = N.save_image(ramp(), ctx(folders, workflow=WORKFLOW), "w")
+    img = Image.open(folders.output / ui.images[0].filename)
+    assert "prompt" not in img.text and "workflow" in img.text
+
+
+def test_save_counter_naming_and_batches(folders):
+    c = ctx(folders, workflow=WORKFLOW)
+    first = N.save_image(ramp(b=2), c, "batch")
+    second = N.save_image(ramp(), c, "batch")
+    assert [r.filename for r in first.images] == ["batch_00001_.png", "batch_00002_.png"]
+    assert [r.filename for r in second.images] == ["batch_00003_.png"]
+    other = N.save_image(ramp(), c, "batch_extra")  # a longer prefix has its own counter
+    assert other.images[0].filename == "batch_extra_00001_.png"
+    sub = N.save_image(ramp(), c, "day1/pic")
+    assert (sub.images[0].subfolder, sub.images[0].filename) == ("day1", "pic_00001_.png")
+    assert (folders.output / "day1" / "pic_00001_.png").is_file()
+
+
+def test_save_refuses_prefix_leaving_the_output_folder(folders):
+    with pytest.raises(NodeError):
+        N.save_image(ramp(), ctx(folders), "../escape")
+
+
+def test_save_is_complete_or_absent(folders, monkeypatch):
+    N.save_image(ramp(), ctx(folders), "ok")  # one good file first
+    real_save = Image.Image.save
+
+    def failing_save(self, fp, *args, **kwargs):
+        fp.write(b"\x89PNG\r\n\x1a\n partial")  # some bytes reach the disk, then the disk fills up
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", failing_save)
+    with pytest.raises(OSError, match="No space"):
+        N.save_image(ramp(b=2), ctx(folders), "ok")
+    monkeypatch.setattr(Image.Image, "save", real_save)
+    assert sorted(p.name for p in folders.output.iterdir()) == ["ok_00001_.png"]  # no partial file, no temp file
+    N.save_image(ramp(), ctx(folders), "ok")
+    assert sorted(p.name for p in folders.output.iterdir()) == ["ok_00001_.png", "ok_00002_.png"]
+
+
+def test_save_never_overwrites_an_existing_file(folders, monkeypatch):
+    N.save_image(ramp(), ctx(folders), "race")
+    before = (folders.output / "race_00001_.png").read_bytes()
+    monkeypatch.setattr(IM, "next_counter", lambda folder, stem: 1)  # another process picked the same counter
+    ui = N.save_image(ramp(h=2), ctx(folders), "race")
+    assert (folders.output / "race_00001_.png").read_bytes() == before
+    assert ui.images[0].filename != "race_00001_.png"
+    assert (folders.output / ui.images[0].filename).is_file()
+
+
+def test_preview_goes_to_temp(folders):
+    ui = N.preview_image(ramp(), ctx(folders, node_id="prev", run_id="0123456789"))
+    (ref,) = ui.images
+    assert ref.type == "temp" and ref.filename == "preview_01234567_prev_00001_.png"
+    assert (folders.temp / ref.filename).is_file()
+    assert not list(folders.output.glob("*.png"))
+
+
+def test_save_through_the_executor_embeds_the_run_workflow(tmp_path):
+    settings = Settings(input_dir=ROOT / "workflows" / "input", output_dir=tmp_path / "out")
+    ex = Executor(Registry.default(), settings, OutputCache())
+    wf = json.loads((ROOT / "workflows" / "image-basics.json").read_text())
+    r = ex.run(wf)
+    assert r.status == "success", r.error
+    paths = r.output_paths(settings)
+    (saved,) = paths["save"]
+    img = Image.open(saved)
+    assert img.size == (128 + 32, 128 + 32)
+    assert json.loads(img.text["workflow"]) == wf
+    (preview,) = paths["preview"]
+    assert "/temp/" in preview and Image.open(preview).size == (128, 128)
+
+
+# --- transforms, numerically ---------------------------------------------------------------------------
+def test_invert():
+    x = ramp()
+    assert torch.allclose(N.image_invert(x), 1 - x)
+
+
+def test_resize_nearest_upscale_repeats_pixels():
+    x = torch.tensor([[0.0, 1.0], [0.25, 0.5]]).reshape(1, 2, 2, 1).repeat(1, 1, 1, 3)
+    y = N.image_resize(x, 4, 4, "nearest", "disabled")
+    assert y.shape == (1, 4, 4, 3)
+    expected = torch.tensor([[0, 0, 1, 1], [0, 0, 1, 1], [0.25, 0.25, 0.5, 0.5], [0.25, 0.25, 0.5, 0.5]])
+    assert torch.allclose(y[0, :, :, 0], expected)
+
+
+def test_resize_area_downscale_is_block_mean():
+    x = ramp(4, 4, 3)
+    y = N.image_resize(x, 2, 2, "area", "disabled")
+    expected = x.reshape(1, 2, 2, 2, 2, 3).mean(dim=(2, 4))
+    assert torch.allclose(y, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["bilinear", "bicubic", "lanczos"])
+def test_resize_keeps_constant_images_and_range(method):
+    x = torch.full((2, 5, 7, 3), 0.4)
+    y = N.image_resize(x, 9, 3, method, "disabled")
+    assert y.shape == (2, 3, 9, 3)
+    assert torch.allclose(y, torch.full_like(y, 0.4), atol=1 / 255)
+    z = N.image_resize(torch.rand(1, 8, 8, 3), 20, 20, method, "disabled")
+    assert z.min() >= 0 and z.max() <= 1  # bicubic overshoot clamped
+
+
+def test_resize_center_crop_keeps_the_middle():
+    x = torch.zeros(1, 4, 8, 3)
+    x[:, :, 2:6] = 1.0  # a white band in the middle half
+    y = N.image_resize(x, 4, 4, "nearest", "center")
+    assert torch.allclose(y, torch.ones(1, 4, 4, 3))  # the black sides were cut, not squeezed in
+    tall = torch.zeros(1, 8, 4, 3)
+    tall[:, 2:6] = 1.0
+    assert torch.allclose(N.image_resize(tall, 4, 4, "nearest", "center"), torch.ones(1, 4, 4, 3))
+
+
+def test_scale_by():
+    y = N.image_scale_by(ramp(4, 6), 0.5, "area")
+    assert y.shape == (1, 2, 3, 3)
+
+
+def test_crop_exact_and_clipped():
+    x = ramp(4, 6)
+    y = N.image_crop(x, 2, 3, 1, 1)
+    assert torch.equal(y, x[:, 1:4, 1:3])
+    clipped = N.image_crop(x, 100, 100, 4, 2)
+    assert torch.equal(clipped, x[:, 2:, 4:])
+    y[...] = 0
+    assert x.sum() > 0  # the crop is a copy, not a view into a cached input
+    with pytest.raises(NodeError, match="outside"):
+        N.image_crop(x, 2, 2, 6, 0)
+
+
+def test_pad_constant_and_mask():
+    x = torch.full((1, 2, 3, 3), 0.5)
+    out = N.image_pad(x, left=1, top=2, right=0, bottom=1, value=1.0, mode="constant")
+    assert out.image.shape == (1, 5, 4, 3) and out.mask.shape == (1, 5, 4)
+    assert torch.allclose(out.image[0, 2:4, 1:], torch.full((2, 3, 3), 0.5))
+    assert out.image[0, 0, 0, 0] == 1.0 and out.image[0, 4, 3, 2] == 1.0
+    expected_mask = torch.ones(5, 4)
+    expected_mask[2:4, 1:] = 0
+    assert torch.equal(out.mask[0], expected_mask)
+
+
+def test_pad_edge_and_reflect():
+    x = torch.tensor([0.0, 0.5, 1.0]).reshape(1, 1, 3, 1).repeat(1, 1, 1, 3)
+    edge = N.image_pad(x, left=2, right=1, mode="edge")
+    assert edge.image[0, 0, :, 0].tolist() == [0.0, 0.0, 0.0, 0.5, 1.0, 1.0]
+    refl = N.image_pad(x, left=2, right=1, mode="reflect")
+    assert refl.image[0, 0, :, 0].tolist() == [1.0, 0.5, 0.0, 0.5, 1.0, 0.5]
+    with pytest.raises(NodeError, match="reflect"):
+        N.image_pad(x, left=5, mode="reflect")  # wider than the image: a clear error, not a torch traceback
+
+
+def test_composite_offsets_clipping_and_mask():
+    dest = torch.zeros(1, 4, 4, 3)
+    src = torch.ones(1, 2, 2, 3)
+    out = N.image_composite(dest, src, x=3, y=-1)
+    expected = torch.zeros(4, 4)
+    expected[0, 3] = 1  # only the part that overlaps is pasted
+    assert torch.equal(out[0, :, :, 0], expected)
+    assert dest.sum() == 0  # the destination input is not modified
+    mask = torch.tensor([[1.0, 0.5], [0.0, 0.25]]).reshape(1, 2, 2)
+    out = N.image_composite(dest, src, x=1, y=1, mask=mask)
+    assert out[0, 1:3, 1:3, 0].tolist() == [[1.0, 0.5], [0.0, 0.25]]
+    assert out[0, 0].sum() == 0 and out[0, 3].sum() == 0
+    big_mask = torch.ones(1, 4, 4)  # a mask of another size is resized to the source
+    assert torch.equal(N.image_composite(dest, src, 0, 0, big_mask)[0, :2, :2], torch.ones(2, 2, 3))
+    off = N.image_composite(dest, src, x=10, y=10)
+    assert torch.equal(off, dest)
+
+
+def test_composite_batch_broadcast():
+    dest = torch.zeros(3, 2, 2, 3)
+    src = torch.ones(1, 2, 2, 3)
+    assert torch.equal(N.image_composite(dest, src, 0, 0), torch.ones(3, 2, 2, 3))
+    out = N.image_composite(torch.zeros(1, 2, 2, 3), torch.ones(2, 1, 1, 3), 0, 0)
+    assert out.shape[0] == 2 and out[:, 0, 0].sum() == 6
+
+
+def _reference_blur(img: np.ndarray, radius: int, sigma: float) -> np.ndarray:
+    k = np.exp(-(np.arange(-radius, radius + 1) ** 2) / (2 * sigma**2))
+    k /= k.sum()
+    out = np.empty_like(img)
+    for c in range(img.shape[-1]):
+        p = np.pad(img[..., c], radius, mode="reflect")
+        rows = np.stack([np.convolve(r, k, mode="valid") for r in p])
+        out[..., c] = np.stack([np.convolve(col, k, mode="valid") for col in rows.T]).T
+    return out
+
+
+def test_blur_matches_a_separable_gaussian():
+    torch.manual_seed(0)
+    x = torch.rand(1, 9, 11, 3)
+    y = N.image_blur(x, 3, 1.5)
+    assert y.shape == x.shape
+    ref = _reference_blur(x[0].numpy().astype(np.float64), 3, 1.5)
+    assert np.abs(y[0].numpy() - ref).max() < 1e-5
+
+
+def test_blur_keeps_constant_images_and_small_images():
+    x = torch.full((1, 6, 6, 3), 0.7)
+    assert torch.allclose(N.image_blur(x, 2, 1.0), x, atol=1e-6)  # reflected edges: borders do not darken
+    tiny = torch.full((1, 3, 3, 3), 0.2)
+    y = N.image_blur(tiny, 8, 4.0)  # a radius larger than the image still works
+    assert y.shape == tiny.shape and torch.allclose(y, tiny, atol=1e-6)
+
+
+def test_image_nodes_declared_in_catalog():
+    reg = Registry.default()
+    schema = reg.get("ImageResize").schema().model_dump()
+    by = {i["name"]: i for i in schema["inputs"]}
+    assert by["method"]["choices"] == ["nearest", "bilinear", "bicubic", "area", "lanczos"]
+    assert by["width"]["min"] == 1 and by["width"]["max"] == N.MAX_SIZE
+    assert reg.get("LoadImage").schema().inputs[0].upload == "image"
+    assert [o.name for o in reg.get("LoadImage").outputs] == ["image", "mask"]
+    assert [o.name for o in reg.get("ImagePad").outputs] == ["image", "mask"]
