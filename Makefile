@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup run test test-fast bench browser web clean
+.PHONY: setup run test test-fast bench browser web web-check clean
 
 setup: $(STAMP) input/example.png
 
@@ -37,6 +37,12 @@ test-fast: setup
 
 bench: setup
 	$(PY) benchmarks/engine_overhead.py
+
+web:
+	$(MAKE) -C web build
+
+web-check:
+	$(MAKE) -C web check
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -157,7 +157,14 @@ def png_bytes(img: Any) -> bytes:
 
 
 def jpeg_bytes(img: Any, size: int = 256, quality: int = 75) -> bytes:
-    """A small JPEG of a PIL image (live previews while a node runs)."""
+    """A small JPEG of a live preview: a PIL image, or any value with `__loom_preview__()` (latents,
+    which project themselves to RGB cheaply)."""
+    make = getattr(img, "__loom_preview__", None)
+    if callable(make):
+        img = make()
+    if img.size[0] < 64 and img.size[1] < 64:  # tiny latents: enlarge so the editor shows pixels, not a blur
+        factor = max(1, 128 // max(img.size))
+        img = img.resize((img.size[0] * factor, img.size[1] * factor), resample=0)
     if img.size[0] > size or img.size[1] > size:
         img = img.copy()
         img.thumbnail((size, size))
