@@ -18,10 +18,11 @@ _EMBED_RE = re.compile(r"embedding:([^\s,()\[\]:]+)")
 def expand_embeddings(te: Any, text: str) -> tuple[list[str], list[dict[int, torch.Tensor]]]:
     """Per tokenizer: the prompt text to tokenize and the virtual-id vectors it refers to.
 
-    Without embeddings on the handle, the text is returned unchanged (and no virtual ids exist).
+    Without embeddings on the handle (and no `embedding:` in the text, which then fails with a clear message),
+    the text is returned unchanged (and no virtual ids exist).
     """
     n = len(te.tokenizers)
-    if not te.embeddings:
+    if not te.embeddings and "embedding:" not in text:
         return [text] * n, [{} for _ in range(n)]
     from .ti import expand_with_embeddings
 

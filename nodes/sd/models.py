@@ -34,12 +34,19 @@ def load_checkpoint_handles(path: Path, prediction_type: str | None, ctx: Any) -
         ck = loading.load_checkpoint(path, prediction_type=prediction_type)
     except loading.CheckpointError as exc:
         raise NodeError(str(exc)) from None
+    for module in (ck.unet, ck.vae, *ck.text_encoders):
+        # inference only: without this every sampled latent would carry an autograd graph of all its steps
+        module.requires_grad_(False).eval()
     family = family_of(ck.arch, path)
     sched_cfg = dict(ck.scheduler_config)
     sched_cfg["prediction_type"] = ck.prediction_type
     unet = UNetHandle(model=ck.unet, family=family, prediction_type=ck.prediction_type,
                       scheduler_config=sched_cfg, source=str(path.name), arch=ck.arch)
-    te = TextEncoderHandle(tokenizers=tuple(ck.tokenizers), encoders=tuple(ck.text_encoders), family=family, source=path.name)
+    from .ti import embedding_folder  # `embedding:name` in prompts finds files in models/embeddings
+
+    folder = embedding_folder(getattr(ctx, "settings", None))
+    te = TextEncoderHandle(tokenizers=tuple(ck.tokenizers), encoders=tuple(ck.text_encoders), family=family,
+                           source=path.name, embeddings=(folder,) if folder is not None else ())
     vae = VAEHandle(model=ck.vae, family=family, source=path.name)
     return unet, te, vae
 
@@ -51,6 +58,7 @@ def load_vae_handle(path: Path, family: str | None) -> VAEHandle:
         model = loading.load_vae(path)
     except loading.CheckpointError as exc:
         raise NodeError(str(exc)) from None
+    model.requires_grad_(False).eval()
     if family is None:
         family = "sdxl" if abs(float(model.config.scaling_factor) - 0.13025) < 1e-6 else "sd15"
     return VAEHandle(model=model, family=family, source=path.name)

@@ -10,7 +10,8 @@ A prompt with no weighting syntax and at most 75 tokens gives exactly the single
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Mapping
 
 WINDOW = 77
 CHUNK = WINDOW - 2
@@ -75,8 +76,39 @@ class TokenWindows:
         return len(self.ids)
 
 
-def tokenize(tokenizer, text: str, windows_min: int = 1) -> TokenWindows:
+@dataclass(frozen=True)
+class SplicedText:
+    """Prompt text in which some words stand for fixed token ids (textual-inversion vectors, see ti.py).
+
+    `tokenize` cuts those words out of each run of text, tokenizes the rest as usual and splices the ids in,
+    so the shared tokenizer is never changed (a tokenizer with added tokens splits the text the same way).
+    """
+
+    text: str
+    words: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+
+
+def _token_ids(tokenizer, text: str, words: Mapping[str, tuple[int, ...]] | None) -> list[int]:
+    if not words:
+        return tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"]
+    rx = re.compile("|".join(re.escape(w) for w in sorted(words, key=len, reverse=True)))
+    ids: list[int] = []
+    pos = 0
+    for m in rx.finditer(text):
+        if text[pos:m.start()].strip():
+            ids.extend(tokenizer(text[pos:m.start()], add_special_tokens=False, truncation=False)["input_ids"])
+        ids.extend(words[m.group(0)])
+        pos = m.end()
+    if text[pos:].strip():
+        ids.extend(tokenizer(text[pos:], add_special_tokens=False, truncation=False)["input_ids"])
+    return ids
+
+
+def tokenize(tokenizer, text: "str | SplicedText", windows_min: int = 1) -> TokenWindows:
     """Tokenize into 77-token windows (BOS + 75 + EOS, padded with the tokenizer's pad token)."""
+    words = None
+    if isinstance(text, SplicedText):
+        text, words = text.text, text.words
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     weighted = has_weighting(text)
@@ -87,7 +119,7 @@ def tokenize(tokenizer, text: str, windows_min: int = 1) -> TokenWindows:
     ids: list[int] = []
     weights: list[float] = []
     for chunk_text, w in runs:
-        toks = tokenizer(chunk_text, add_special_tokens=False, truncation=False)["input_ids"]
+        toks = _token_ids(tokenizer, chunk_text, words)
         ids.extend(toks)
         weights.extend([w] * len(toks))
     win_ids, win_w = [], []

@@ -1,0 +1,34 @@
+"""ComfyUI class types for LoRA, ControlNet and Canny -> our nodes (see nodes/comfy_compat.py).
+
+Differences worth knowing: ComfyUI's Canny takes thresholds in 0..1 (on its own gradient scale); they become
+OpenCV's 0..255 thresholds here. ControlNetApplyAdvanced's start/end percent are read as fractions of the steps
+(diffusers' control_guidance_start/end), and its optional `vae` input is not needed.
+"""
+
+from __future__ import annotations
+
+from engine.compat.comfy import ComfyClass, register_comfy_class
+
+
+def _canny(inputs: dict) -> dict:
+    for key in ("low_threshold", "high_threshold"):
+        if key in inputs and isinstance(inputs[key], (int, float)) and not isinstance(inputs[key], bool):
+            value = float(inputs[key])
+            inputs[key] = int(round(value * 255)) if value <= 1.0 else int(round(value))
+    return inputs
+
+
+TABLE = {
+    "LoraLoader": ComfyClass("LoadLora", {"model": "unet", "clip": "text_encoder", "lora_name": "name",
+                                          "strength_model": "unet_strength", "strength_clip": "text_encoder_strength"},
+                             ["unet", "text_encoder"]),
+    "LoraLoaderModelOnly": ComfyClass("LoadLoraModelOnly", {"model": "unet", "lora_name": "name", "strength_model": "strength"},
+                                      ["unet"]),
+    "ControlNetLoader": ComfyClass("LoadControlNet", {"control_net_name": "name"}, ["control_net"]),
+    "ControlNetApply": ComfyClass("ApplyControlNet", {}, ["conditioning"]),
+    "ControlNetApplyAdvanced": ComfyClass("ApplyControlNetAdvanced", {"vae": None}, ["positive", "negative"]),
+    "Canny": ComfyClass("Canny", {}, ["image"], convert=_canny),
+}
+
+for _name, _spec in TABLE.items():
+    register_comfy_class(_name, _spec)
