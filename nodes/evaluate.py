@@ -71,7 +71,8 @@ def clip_direction_node(original: IMAGE, edited: IMAGE, clip: CLIP_MODEL, origin
 
 @node(category="evaluation", name="FID", output_name="metrics", output_node=True)
 def fid_node(ctx: NodeContext, folder_a: str = "", folder_b: str = "", images_a: IMAGE | None = None,
-             images_b: IMAGE | None = None, kid: bool = False) -> METRICS:
+             images_b: IMAGE | None = None, kid: bool = False,
+             method: Annotated[Literal["sqrtm", "eig", "gram"], Field(description="matrix square root: sqrtm = pytorch-fid's reference (slow at 2048-d); eig / gram = exact alternatives, fast")] = "sqrtm") -> METRICS:
     """Frechet Inception Distance (Heusel et al. 2017) between two image sets (folders, with their feature
     statistics cached, or image batches); KID (unbiased, cubic kernel) as an option for small sets."""
     from nodes.metrics.fid import InceptionWeightsNotFound, NotEnoughImages, compute_fid, load_fid_inception
@@ -82,11 +83,11 @@ def fid_node(ctx: NodeContext, folder_a: str = "", folder_b: str = "", images_a:
         raise NodeError("give two image sets: folder_a / folder_b, or connect images_a / images_b")
     try:
         extractor = load_fid_inception(ctx.settings.models_dir, device=str(ctx.settings.devices().device))
-        r = compute_fid(a, b, extractor, cache_dir=ctx.settings.user_dir / "fid-stats", kid=kid)
+        r = compute_fid(a, b, extractor, cache_dir=ctx.settings.user_dir / "fid-stats", kid=kid, method=method)
     except (InceptionWeightsNotFound, NotEnoughImages, FileNotFoundError, ValueError) as exc:
         raise NodeError(str(exc)) from None
     m = _summary("FID", [], r.fid, r.notes)
-    m.update(n1=r.n1, n2=r.n2, fid_check=r.fid_check)
+    m.update(n1=r.n1, n2=r.n2, method=r.method, fid_check=r.fid_check, check_method=r.check_method)
     if r.kid is not None:
         m["kid"] = {"mean": r.kid.mean, "std": r.kid.std}
     return m, _show(m)

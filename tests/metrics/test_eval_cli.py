@@ -21,7 +21,7 @@ def test_eval_fid_runs(inception_models_dir, tmp_path, capsys):
 
     _write_images(tmp_path / "a", 4, seed=1)
     _write_images(tmp_path / "b", 4, seed=2, shift=0.3)
-    assert main(["eval", "fid", str(tmp_path / "a"), str(tmp_path / "b"), "--kid", "--json", "--models-dir", str(inception_models_dir)]) == 0
+    assert main(["eval", "fid", str(tmp_path / "a"), str(tmp_path / "b"), "--kid", "--method", "eig", "--json", "--models-dir", str(inception_models_dir)]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["metric"] == "FID" and doc["mean"] > 0 and "kid" in doc
 
