@@ -13,13 +13,13 @@ MAX_SIZE = 16384
 
 
 def _input_images(settings) -> list[str]:
-    from nodes.impl.images import list_images
+    from nodes.impl.files import list_images
 
     return list_images(settings.folders().input) if settings is not None else []
 
 
 def _input_fingerprint(inputs: dict, settings) -> str:
-    from nodes.impl.images import safe_join
+    from nodes.impl.files import safe_join
 
     try:
         p = safe_join(settings.folders().input, inputs["image"])

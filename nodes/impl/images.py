@@ -17,35 +17,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, PngImagePlugin
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-
-
-class UnsafePath(ValueError):
-    pass
-
-
-def safe_join(root: Path, relative: str) -> Path:
-    """`root/relative`, refusing absolute paths, `..` and symlinks that lead out of `root`."""
-    if not relative or "\x00" in relative:
-        raise UnsafePath(f"empty or invalid file name {relative!r}")
-    rel = Path(relative)
-    if rel.is_absolute() or any(part == ".." for part in rel.parts) or relative.startswith(("/", "\\")):
-        raise UnsafePath(f"file name {relative!r} must stay inside {root}")
-    root_resolved = root.resolve()
-    target = (root / rel).resolve()
-    if target != root_resolved and root_resolved not in target.parents:
-        raise UnsafePath(f"file name {relative!r} leads outside {root}")
-    return target
-
-
-def list_images(folder: Path) -> list[str]:
-    if not folder.is_dir():
-        return []
-    out = []
-    for p in sorted(folder.rglob("*")):
-        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts):
-            out.append(p.relative_to(folder).as_posix())
-    return out
+from .files import IMAGE_SUFFIXES, UnsafePath, list_images, safe_join  # noqa: F401  (re-exported)
 
 
 def pil_to_tensor(img: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:

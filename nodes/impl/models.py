@@ -40,7 +40,7 @@ def resolve_model(settings: Any, kind: str, name: str) -> Path:
     """The path of a named model; a missing one names the file and lists what the folders hold."""
     from engine.node import NodeError
 
-    from .images import UnsafePath, safe_join
+    from .files import UnsafePath, safe_join
 
     folders = settings.model_folders(kind)
     for root in folders:
