@@ -149,6 +149,8 @@ class Executor:
                 extra = str(d.fingerprint(dict(g.literals), settings))
             except Exception as exc:  # a file that vanished: let the node itself report it when it runs
                 extra = f"fingerprint-error:{exc}"
+        if getattr(settings, "fast", False):  # fast mode's pictures differ within fp16 tolerance: cache apart
+            extra += "|fast"
         if not d.deterministic:
             extra += "|nonce:" + nonce
         if g.body is not None:

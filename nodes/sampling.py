@@ -112,6 +112,12 @@ def denoise_loop(unet: UNET, positive: CONDITIONING, latent: LATENT, noise: NOIS
     the UNet prediction -> guidance -> scheduler step chain)."""
     from nodes.sd.denoise import prepare, uses_cfg
 
+    if getattr(ctx.settings, "fast", False):  # fast mode: the default body runs as one compiled step
+        from nodes.sd import fast
+
+        if fast.is_default_body(ctx):
+            return fast.sample(unet, positive, negative, latent, noise, scheduler, cfg, guidance_rescale, ctx)
+        fast.route_notices(ctx)  # the body's compile notices are shown on this node
     state, x = prepare(unet, latent, noise, scheduler, ctx.settings.devices())
     guidance = uses_cfg(cfg, negative)
     current = latent.with_samples(x)
@@ -132,9 +138,14 @@ def predict_noise(unet: UNET, latent: LATENT, timestep: TIMESTEP, sampler: SAMPL
     from nodes.sd.control import control_for_step
     from nodes.sd.denoise import predict_noise as run
 
-    control = control_for_step(positive, negative if guidance else None, sampler, step, ctx.settings.devices())
+    runner, control_devices = None, ctx.settings.devices()
+    if getattr(ctx.settings, "fast", False):  # fast mode: the UNet and ControlNet calls are compiled
+        from nodes.sd.fast import stage_hooks
+
+        runner, control_devices = stage_hooks(ctx)
+    control = control_for_step(positive, negative if guidance else None, sampler, step, control_devices)
     return run(unet, latent.samples, timestep, positive, negative if guidance else None, sampler,
-               ctx.settings.devices(), guidance=guidance, control=control)
+               ctx.settings.devices(), guidance=guidance, control=control, runner=runner)
 
 
 @node(category="sampling/stages", output_name="prediction")
@@ -164,6 +175,11 @@ def run_sampler(unet, positive, negative, latent, noise_spec, spec, cfg, guidanc
     from nodes.sd.control import control_for_step
     from nodes.sd.denoise import apply_guidance, predict_noise as predict, prepare, scheduler_step as step_fn, uses_cfg
 
+    if getattr(ctx.settings, "fast", False):  # fast mode: compiled, CUDA-graph sampling (nodes/sd/fast.py)
+        from nodes.sd import fast
+
+        return fast.sample(unet, positive, negative, latent, noise_spec, spec, cfg, guidance_rescale, ctx,
+                           start_step=start_step, end_step=end_step, add_noise=add_noise)
     devices = ctx.settings.devices()
     state, x = prepare(unet, latent, noise_spec, spec, devices, start_step=start_step, add_noise=add_noise)
     use_cfg = uses_cfg(cfg, negative)

@@ -16,6 +16,10 @@ def vae_decode(vae: VAE, latent: LATENT, ctx: NodeContext, tiled: bool = False,
     """Turn latents back into pixels with the model's VAE (tiled: less memory for large images)."""
     from nodes.sd.vae_ops import decode
 
+    if getattr(ctx.settings, "fast", False) and not tiled:  # fast mode: compiled decode (nodes/sd/fast.py)
+        from nodes.sd.fast import decode as fast_decode
+
+        return fast_decode(vae, latent, ctx)
     return decode(vae, latent, ctx.settings.devices(), tiled, tile_size)
 
 

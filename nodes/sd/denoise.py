@@ -112,8 +112,10 @@ def _time_ids(c: Conditioning, image_size: tuple[int, int], dtype: torch.dtype) 
 
 def predict_noise(unet: UNetHandle, latents: torch.Tensor, t: torch.Tensor, positive: Conditioning,
                   negative: Conditioning | None, state: SamplerState, devices: Any, guidance: bool = True,
-                  control: Any = None) -> NoisePrediction:
-    """One UNet evaluation on the [uncond, cond] batch (or cond alone without guidance)."""
+                  control: Any = None, runner: Any = None) -> NoisePrediction:
+    """One UNet evaluation on the [uncond, cond] batch (or cond alone without guidance).
+
+    `runner` (fast mode) maps the placed model to the callable that runs it (a compiled one)."""
     check_family("the positive conditioning", positive.family, unet.family, "UNet")
     use_cfg = guidance and negative is not None
     if negative is not None:
@@ -148,8 +150,9 @@ def predict_noise(unet: UNetHandle, latents: torch.Tensor, t: torch.Tensor, posi
     from .patching import applied
 
     with applied(unet, devices) as model:
-        out = model(model_in, t, encoder_hidden_states=embeds, added_cond_kwargs=added,
-                    down_block_additional_residuals=down, mid_block_additional_residual=mid, return_dict=False)[0]
+        call = model if runner is None else runner(model)
+        out = call(model_in, t, encoder_hidden_states=embeds, added_cond_kwargs=added,
+                   down_block_additional_residuals=down, mid_block_additional_residual=mid, return_dict=False)[0]
     if use_cfg:
         uncond, cond = out.chunk(2)
         return NoisePrediction(cond=cond, uncond=uncond)

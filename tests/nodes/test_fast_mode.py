@@ -1,0 +1,330 @@
+"""Fast mode (nodes/sd/fast.py) on the CPU: the compiled code path gives the default mode's pictures.
+
+The GPU runs the same functions through inductor with CUDA graphs (`mode="reduce-overhead"`). Inductor's C++
+compile of even the tiny UNet takes minutes on a small CPU, so these tests compile with the
+`aot_eager_decomp_partition` backend: dynamo capture, AOT autograd and inductor's decompositions, then eager
+kernels (set LOOM_TEST_FAST_BACKEND=inductor to run them through inductor itself). The fused scheduler maths
+is checked against diffusers' own `step()` without compiling.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from engine.node import node
+from engine.types import IMAGE
+from tests.nodes.sd_helpers import L, executor, gen, loop_nodes, output_of, txt2img_nodes, wf
+
+BACKEND = os.environ.get("LOOM_TEST_FAST_BACKEND", "aot_eager_decomp_partition")
+MIN_PSNR = 40.0
+_IMAGES: dict[str, torch.Tensor] = {}
+
+
+@node(name="FastTestImage", output_name="image")
+def fast_test_image(key: str = "a") -> IMAGE:
+    return _IMAGES[key]
+
+
+@pytest.fixture(autouse=True)
+def compile_backend(monkeypatch):
+    monkeypatch.setenv("LOOM_FAST_BACKEND", BACKEND)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Peak signal-to-noise ratio of two images in 0..1 (inf when equal)."""
+    mse = torch.mean((a.double() - b.double()) ** 2).item()
+    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def _ex(models_dir: Path, tmp_path: Path):
+    ex = executor(models_dir, tmp_path)
+    ex.settings.user_dir = tmp_path / "user"
+    ex.registry.add(fast_test_image)
+    return ex
+
+
+def default_and_fast(ex, nodes: dict, out: str = "dec") -> tuple[torch.Tensor, torch.Tensor, list]:
+    """The same workflow in the default mode and in fast mode (cache cleared: both really run)."""
+    ex.settings.fast = False
+    ex.cache.clear()
+    a = output_of(ex, ex.run(wf(nodes)), out, "image")
+    ex.settings.fast = True
+    ex.cache.clear()
+    events: list = []
+    b = output_of(ex, ex.run(wf(nodes), on_event=events.append), out, "image")
+    ex.settings.fast = False
+    return a, b, events
+
+
+def warnings_of(events: list) -> list[str]:
+    return [e.message for e in events if type(e).__name__ == "NodeWarning"]
+
+
+def compiles() -> tuple[int, int]:
+    """(our compile attempts, dynamo's distinct graphs): both stay put when a run reuses compiled graphs."""
+    from torch._dynamo.utils import counters
+
+    from nodes.sd import fast
+
+    return fast.STATS["compiles"], int(counters["stats"]["unique_graphs"])
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The fused scheduler update equals diffusers' step(), step after step (no compile)
+# ------------------------------------------------------------------------------------------------------------
+
+CASES = [("euler", "epsilon", 1.0), ("euler", "v_prediction", 1.0), ("euler_a", "epsilon", 1.0),
+         ("euler_a", "v_prediction", 0.6), ("ddim", "epsilon", 1.0), ("ddim", "v_prediction", 1.0),
+         ("dpmpp_2m", "epsilon", 1.0), ("dpmpp_2m", "v_prediction", 0.6), ("euler", "epsilon", 0.6)]
+
+
+@pytest.mark.parametrize("name,prediction,denoise", CASES)
+@pytest.mark.parametrize("steps,dtype", [(8, torch.float32), (20, torch.float32), (20, torch.float16)])
+def test_fused_update_equals_diffusers_step(name, prediction, denoise, steps, dtype):
+    """Run eagerly, our update is bit-identical to diffusers' step in fp32 and fp16 (it mirrors its operations);
+    the bound leaves room for a future diffusers that reorders them."""
+    from nodes.sd import fast
+    from nodes.sd.loading import component_configs
+    from nodes.sd.schedulers import make_spec, set_timesteps, step_kwargs
+
+    config = dict(component_configs("sd15")["scheduler"], prediction_type=prediction)
+    eta = 0.3 if name == "ddim" else 0.0
+    spec = make_spec(name, config, steps, denoise=denoise, eta=eta)
+    sched, timesteps, _ = set_timesteps(spec, torch.device("cpu"))
+    g_ref, g_ours = gen(7), gen(7)
+    state = SimpleNamespace(scheduler=sched, timesteps=timesteps, noise_mask=None, generator=g_ref,
+                            step_kwargs=step_kwargs(sched, g_ref, eta))
+    recipe, why = fast.fused_recipe(state, use_cfg=True, rescale=0.0)
+    assert recipe is not None, why
+    consts = fast.step_constants(recipe, state)
+    update = fast.scheduler_update(recipe)
+    draw = torch.Generator().manual_seed(1)
+    x_ref = (torch.randn(2, 4, 8, 8, generator=draw) * float(sched.init_noise_sigma)).to(dtype)
+    x_ours = x_ref.clone()
+    prev = torch.zeros_like(x_ours)
+    bound = 1e-5 if dtype == torch.float32 else 2e-3
+    for i, t in enumerate(timesteps):
+        e = torch.randn(x_ref.shape, generator=draw).to(dtype)
+        x_ref = sched.step(e, t, x_ref, **state.step_kwargs, return_dict=False)[0]
+        noise = torch.randn(x_ours.shape, generator=g_ours, dtype=dtype) if recipe.noise else None
+        x_ours, prev = update(x_ours, e, consts[i], noise, prev)
+        assert x_ours.dtype == x_ref.dtype
+        err = (x_ours.float() - x_ref.float()).abs().max().item() / max(1.0, x_ref.float().abs().max().item())
+        assert err <= bound, f"step {i}: relative error {err}"
+
+
+def test_unsupported_samplers_are_named():
+    from nodes.sd import fast
+    from nodes.sd.loading import component_configs
+    from nodes.sd.schedulers import make_spec, set_timesteps
+
+    config = component_configs("sd15")["scheduler"]
+    for name in ("heun", "dpmpp_2m_sde", "lms", "pndm"):
+        sched, timesteps, _ = set_timesteps(make_spec(name, config, 6), torch.device("cpu"))
+        state = SimpleNamespace(scheduler=sched, timesteps=timesteps, noise_mask=None, step_kwargs={})
+        recipe, why = fast.fused_recipe(state, use_cfg=True, rescale=0.0)
+        assert recipe is None and why
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Whole workflows: fast mode equals the default mode
+# ------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ex(models_dir, tmp_path_factory):
+    """One executor for the SD1.5 tests: its cached model is the same object throughout, so compiled graphs
+    are shared between tests, as between the workflows of one server process."""
+    return _ex(models_dir, tmp_path_factory.mktemp("fast"))
+
+
+def test_txt2img_same_picture_compile_announced_and_reused(ex):
+    """DPM++ 2M (its previous data prediction is carried from step to step through the captured graph)."""
+    from nodes.sd import fast
+
+    fast.clear_cache()  # this test watches the first compile
+    nodes = txt2img_nodes("tiny-sd15", steps=6, seed=3, scheduler="dpmpp_2m")
+    a, b, events = default_and_fast(ex, nodes)
+    assert psnr(a, b) >= MIN_PSNR
+    assert fast.LAST_RUN["path"] == "fused"
+    said = warnings_of(events)
+    assert any(m.startswith("compiling UNet for 64x64 batch 1 (first time") for m in said), said
+    assert any(m.startswith("compiling VAE decode for 64x64 batch 1") for m in said), said
+    assert not any("eagerly" in m for m in said), said
+    before = compiles()
+    # a second run (another seed, a DenoiseLoop with the default body) compiles nothing
+    ex.settings.fast = True
+    events = []
+    again = output_of(ex, ex.run(wf(txt2img_nodes("tiny-sd15", steps=6, seed=4, scheduler="dpmpp_2m")),
+                                 on_event=events.append), "dec", "image")
+    loop = output_of(ex, ex.run(wf(loop_nodes("tiny-sd15", steps=6, seed=3, scheduler="dpmpp_2m"))), "dec", "image")
+    ex.settings.fast = False
+    assert compiles() == before
+    assert not any(m.startswith("compiling") for m in warnings_of(events))
+    assert psnr(loop, b) >= MIN_PSNR and fast.LAST_RUN["path"] == "fused"
+    assert not torch.equal(again, b)
+    # progress every step, previews as often as the default mode gives them (every step when steps < 16)
+    progress = [e for e in events if type(e).__name__ == "NodeProgress" and e.node_id == "sample"]
+    assert [p.value for p in progress] == [1, 2, 3, 4, 5, 6]
+    assert all(p.preview is not None and p.preview.samples.device.type == "cpu" for p in progress)
+
+
+def test_lora_same_picture_without_recompiling(ex, models_dir):
+    pytest.importorskip("nodes.lora")
+    from safetensors.torch import save_file
+
+    from nodes.sd import fast
+    from nodes.sd.loading import load_checkpoint
+
+    unet = load_checkpoint(models_dir / "checkpoints" / "tiny-sd15").unet
+    g = gen(5)
+    sd = {}
+    for name, m in unet.named_modules():
+        if name.endswith(("to_q", "to_v", "to_out.0")):
+            key = "lora_unet_" + name.replace(".", "_")
+            sd[f"{key}.lora_down.weight"] = torch.randn(4, m.weight.shape[1], generator=g) * 0.3
+            sd[f"{key}.lora_up.weight"] = torch.randn(m.weight.shape[0], 4, generator=g) * 0.3
+            sd[f"{key}.alpha"] = torch.tensor(4.0)
+    folder = models_dir / "loras"
+    folder.mkdir(exist_ok=True)
+    save_file(sd, str(folder / "fast-test.safetensors"))
+    nodes = txt2img_nodes("tiny-sd15", steps=6, seed=3, scheduler="dpmpp_2m")
+    nodes["lora"] = {"type": "LoadLoraModelOnly", "inputs": {"unet": L("ckpt", "unet"), "name": "fast-test.safetensors"}}
+    nodes["sample"]["inputs"]["unet"] = L("lora", "unet")
+    plain, _, _ = default_and_fast(ex, txt2img_nodes("tiny-sd15", steps=6, seed=3, scheduler="dpmpp_2m"))
+    before = compiles()
+    a, b, _ = default_and_fast(ex, nodes)
+    assert fast.LAST_RUN["path"] == "fused"
+    assert compiles() == before  # patched weights of the same layout: the same graph, no dynamo recompile
+    assert psnr(a, b) >= MIN_PSNR
+    assert psnr(plain, a) < 35  # the LoRA really changes the picture
+
+
+def test_img2img_ancestral_same_picture(ex):
+    """img2img (denoise 0.6, a begun schedule) with Euler a: the per-step noise comes from the seed's generator
+    in the default mode's order."""
+    from nodes.sd import fast
+
+    _IMAGES["img"] = torch.rand(1, 64, 64, 3, generator=gen(3))
+    nodes = txt2img_nodes("tiny-sd15", steps=8, scheduler="euler_a")
+    nodes["img"] = {"type": "FastTestImage", "inputs": {"key": "img"}}
+    nodes["enc"] = {"type": "VAEEncode", "inputs": {"vae": L("ckpt", "vae"), "image": L("img", "image")}}
+    nodes["sample"]["inputs"].update(latent=L("enc", "latent"), denoise=0.6)
+    a, b, _ = default_and_fast(ex, nodes)
+    assert fast.LAST_RUN["path"] == "fused" and fast.LAST_RUN["steps"] == 4
+    assert psnr(a, b) >= MIN_PSNR
+
+
+def test_controlnet_same_picture_in_sample_and_in_an_edited_loop_body(ex, models_dir):
+    """A ControlNet runs stage-wise with the ControlNet and the UNet (with residuals) compiled; an edited loop
+    body (CFG 3 inside) runs node by node through the same compiled graphs."""
+    pytest.importorskip("nodes.control")
+    import copy
+
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    from nodes.sampling import DEFAULT_DENOISE_BODY
+    from nodes.sd import fast
+
+    folder = models_dir / "controlnet" / "fast-test-cn"
+    if not folder.exists():
+        unet = UNet2DConditionModel.from_pretrained(str(models_dir / "checkpoints" / "tiny-sd15"), subfolder="unet")
+        torch.manual_seed(0)
+        cn = ControlNetModel.from_unet(unet)
+        g = gen(9)
+        with torch.no_grad():  # a fresh ControlNet adds exactly zero: make it do something
+            for name, p in cn.named_parameters():
+                if name.startswith(("controlnet_down_blocks", "controlnet_mid_block", "controlnet_cond_embedding.conv_out")):
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+        cn.save_pretrained(str(folder))
+    _IMAGES["edges"] = (torch.rand(1, 64, 64, 3, generator=gen(11)) > 0.7).float()
+
+    def controlled(nodes: dict, sampler: str) -> dict:
+        nodes["cn"] = {"type": "LoadControlNet", "inputs": {"name": "fast-test-cn"}}
+        nodes["hint"] = {"type": "FastTestImage", "inputs": {"key": "edges"}}
+        nodes["apply"] = {"type": "ApplyControlNet", "inputs": {"conditioning": L("pos", "conditioning"),
+                                                               "control_net": L("cn", "control_net"),
+                                                               "image": L("hint", "image"), "strength": 0.8}}
+        nodes[sampler]["inputs"]["positive"] = L("apply", "conditioning")
+        return nodes
+
+    a, b, _ = default_and_fast(ex, controlled(txt2img_nodes("tiny-sd15", steps=4, seed=3, cfg=3.0), "sample"))
+    assert fast.LAST_RUN["path"] == "stagewise"
+    assert psnr(a, b) >= MIN_PSNR
+    assert any(k[1] == "ControlNet" for k in fast._cache if k[0] == "module")
+    body = copy.deepcopy(DEFAULT_DENOISE_BODY)
+    body["nodes"]["guide"]["inputs"]["cfg"] = 3.0
+    before = fast.STATS["compiles"]
+    c, d, events = default_and_fast(ex, controlled(loop_nodes("tiny-sd15", steps=4, seed=3, body=body), "loop"))
+    assert fast.STATS["compiles"] == before  # the body's calls have the shapes Sample compiled for
+    assert psnr(c, d) >= MIN_PSNR and psnr(a, c) >= MIN_PSNR
+
+
+def test_sdxl_same_picture(sdxl_models_dir, tmp_path, monkeypatch):
+    """SDXL (pooled text embeddings and size conditioning inside the graph), Euler."""
+    from nodes.sd import fast
+
+    monkeypatch.setenv("LOOM_FAST_VAE", "0")  # the VAE graph is covered above; keep the test short
+    ex = _ex(sdxl_models_dir, tmp_path)
+    a, b, _ = default_and_fast(ex, txt2img_nodes("tiny-sdxl", steps=4))
+    assert fast.LAST_RUN["path"] == "fused"
+    assert psnr(a, b) >= MIN_PSNR
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Failures fall back to eager: the default code, the same picture, and a warning
+# ------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("error", ["compile", "oom"])
+def test_compile_failure_falls_back_to_eager(ex, monkeypatch, error):
+    from nodes.sd import fast
+
+    def broken(fn, opts):
+        if error == "oom":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        raise RuntimeError("forced failure for the test")
+
+    monkeypatch.setattr(fast, "_torch_compile", broken)
+    nodes = txt2img_nodes("tiny-sd15", steps=4, size=48, seed=11)  # a shape no other test compiles
+    a, b, events = default_and_fast(ex, nodes)
+    assert torch.equal(a, b)  # eager fallback is the default code
+    said = warnings_of(events)
+    assert any("UNet for 48x48 batch 1" in m and "runs eagerly" in m for m in said), said
+    if error == "oom":
+        assert any("out of GPU memory" in m for m in said)
+    assert fast.LAST_RUN["path"] == "eager"
+    # the failure is remembered: the next run does not try again
+    attempts = fast.STATS["compiles"]
+    ex.settings.fast = True
+    ex.cache.clear()
+    ex.run(wf(nodes))
+    ex.settings.fast = False
+    assert fast.STATS["compiles"] == attempts
+    with fast._cache_lock:  # forget it: another test may compile this shape for real
+        for key in [k for k, e in fast._cache.items() if e.fn is None]:
+            del fast._cache[key]
+
+
+def test_compile_cache_folder_is_in_the_user_folder(tmp_path, monkeypatch):
+    """Importing inductor (diffusers does) fills TORCHINDUCTOR_CACHE_DIR with its /tmp default: that is replaced
+    by the user folder's; a folder the user chose is kept."""
+    import torch._inductor.config  # noqa: F401
+
+    from nodes.sd import fast
+
+    monkeypatch.setattr(fast, "_cache_root", None)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", fast._inductor_default_dir())
+    root = fast.prepare_process(SimpleNamespace(user_dir=tmp_path / "user"))
+    assert root == tmp_path / "user" / "compile-cache"
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(root / "inductor")
+    monkeypatch.setattr(fast, "_cache_root", None)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    fast.prepare_process(SimpleNamespace(user_dir=tmp_path / "other"))
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
