@@ -110,40 +110,51 @@ def _time_ids(c: Conditioning, image_size: tuple[int, int], dtype: torch.dtype) 
     return torch.tensor([[*original, *c.crop_coords, *target]], dtype=dtype)
 
 
+def model_conditioning(unet: Any, positive: Any, negative: Any, state: Any, batch: int,
+                       use_cfg: bool) -> tuple[torch.Tensor, Any, Any]:
+    """(embeds, pooled text embeds, time ids) for the UNet: [negative, positive] with guidance, repeated
+    to the latent batch; SDXL adds its pooled embeddings and size/crop time ids. Fixed for a whole run."""
+    check_family("the positive conditioning", positive.family, unet.family, "UNet")
+    if negative is not None:
+        check_family("the negative conditioning", negative.family, unet.family, "UNet")
+    dtype = state.dtype
+    if use_cfg:
+        neg_e, pos_e = _lcm_repeat(negative.embeds, positive.embeds)
+        embeds = torch.cat([_batch(neg_e, batch), _batch(pos_e, batch)])
+    else:
+        embeds = _batch(positive.embeds, batch)
+    embeds = embeds.to(device=state.device, dtype=dtype)
+    if not unet.is_sdxl:
+        return embeds, None, None
+    if positive.pooled is None or (use_cfg and negative.pooled is None):
+        raise NodeError("an SDXL UNet needs SDXL conditioning (pooled text embeddings); encode the prompt with an SDXL text encoder")
+    pos_ids = _time_ids(positive, state.image_size, dtype)
+    if use_cfg:
+        text_embeds = torch.cat([_batch(negative.pooled, batch), _batch(positive.pooled, batch)])
+        time_ids = torch.cat([_batch(_time_ids(negative, state.image_size, dtype), batch), _batch(pos_ids, batch)])
+    else:
+        text_embeds, time_ids = _batch(positive.pooled, batch), _batch(pos_ids, batch)
+    return embeds, text_embeds.to(state.device, dtype), time_ids.to(state.device)
+
+
+
 def predict_noise(unet: UNetHandle, latents: torch.Tensor, t: torch.Tensor, positive: Conditioning,
                   negative: Conditioning | None, state: SamplerState, devices: Any, guidance: bool = True,
                   control: Any = None, runner: Any = None) -> NoisePrediction:
     """One UNet evaluation on the [uncond, cond] batch (or cond alone without guidance).
 
     `runner` (fast mode) maps the placed model to the callable that runs it (a compiled one)."""
-    check_family("the positive conditioning", positive.family, unet.family, "UNet")
     use_cfg = guidance and negative is not None
-    if negative is not None:
-        check_family("the negative conditioning", negative.family, unet.family, "UNet")
     b = latents.shape[0]
+    embeds, text_embeds, time_ids = model_conditioning(unet, positive, negative if use_cfg else None, state, b, use_cfg)
+    if negative is not None and not use_cfg:
+        check_family("the negative conditioning", negative.family, unet.family, "UNet")
     model_in = torch.cat([latents] * 2) if use_cfg else latents
     model_in = state.scheduler.scale_model_input(model_in, t)
     if state.inpaint is not None:
         extra = torch.cat([state.inpaint] * 2) if use_cfg else state.inpaint
         model_in = torch.cat([model_in, _batch(extra, model_in.shape[0])], dim=1)
-    dtype = state.dtype
-    if use_cfg:
-        neg_e, pos_e = _lcm_repeat(negative.embeds, positive.embeds)
-        embeds = torch.cat([_batch(neg_e, b), _batch(pos_e, b)])
-    else:
-        embeds = _batch(positive.embeds, b)
-    embeds = embeds.to(device=state.device, dtype=dtype)
-    added = None
-    if unet.is_sdxl:
-        if positive.pooled is None or (use_cfg and negative.pooled is None):
-            raise NodeError("an SDXL UNet needs SDXL conditioning (pooled text embeddings); encode the prompt with an SDXL text encoder")
-        pos_ids = _time_ids(positive, state.image_size, dtype)
-        if use_cfg:
-            text_embeds = torch.cat([_batch(negative.pooled, b), _batch(positive.pooled, b)])
-            time_ids = torch.cat([_batch(_time_ids(negative, state.image_size, dtype), b), _batch(pos_ids, b)])
-        else:
-            text_embeds, time_ids = _batch(positive.pooled, b), _batch(pos_ids, b)
-        added = {"text_embeds": text_embeds.to(state.device, dtype), "time_ids": time_ids.to(state.device)}
+    added = None if text_embeds is None else {"text_embeds": text_embeds, "time_ids": time_ids}
     down, mid = None, None
     if control is not None:
         down, mid = control(model_in, t, embeds, added, use_cfg)

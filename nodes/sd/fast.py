@@ -738,33 +738,7 @@ def step_constants(recipe: Recipe, state: Any) -> torch.Tensor:
     return torch.stack([torch.stack([torch.as_tensor(v, dtype=dtype) for v in r]) for r in rows])
 
 
-def model_conditioning(unet: Any, positive: Any, negative: Any, state: Any, batch: int,
-                       use_cfg: bool) -> tuple[torch.Tensor, Any, Any]:
-    """(embeds, pooled text embeds, time ids) exactly as denoise.predict_noise builds them (fixed per run)."""
-    from .denoise import _batch, _lcm_repeat, _time_ids, check_family
-    from engine.node import NodeError
-
-    check_family("the positive conditioning", positive.family, unet.family, "UNet")
-    if negative is not None:
-        check_family("the negative conditioning", negative.family, unet.family, "UNet")
-    dtype = state.dtype
-    if use_cfg:
-        neg_e, pos_e = _lcm_repeat(negative.embeds, positive.embeds)
-        embeds = torch.cat([_batch(neg_e, batch), _batch(pos_e, batch)])
-    else:
-        embeds = _batch(positive.embeds, batch)
-    embeds = embeds.to(device=state.device, dtype=dtype)
-    if not unet.is_sdxl:
-        return embeds, None, None
-    if positive.pooled is None or (use_cfg and negative.pooled is None):
-        raise NodeError("an SDXL UNet needs SDXL conditioning (pooled text embeddings); encode the prompt with an SDXL text encoder")
-    pos_ids = _time_ids(positive, state.image_size, dtype)
-    if use_cfg:
-        text_embeds = torch.cat([_batch(negative.pooled, batch), _batch(positive.pooled, batch)])
-        time_ids = torch.cat([_batch(_time_ids(negative, state.image_size, dtype), batch), _batch(pos_ids, batch)])
-    else:
-        text_embeds, time_ids = _batch(positive.pooled, batch), _batch(pos_ids, batch)
-    return embeds, text_embeds.to(state.device, dtype), time_ids.to(state.device)
+from .denoise import model_conditioning  # noqa: E402,F401  (shared with the default path)
 
 
 # ----------------------------------------------------------------------------------------------------------
