@@ -69,16 +69,31 @@ def _custom(inputs: dict) -> dict:
     return inputs
 
 
-_SAMPLE_INPUTS = {"model": "unet", "latent_image": "latent", "sampler_name": "scheduler", "scheduler": "sigmas", "noise_seed": "seed",
-                  "start_at_step": "start_step", "end_at_step": "end_step", "return_with_leftover_noise": None}
+def _comfy_samplers() -> list:
+    from nodes.sd.schedulers import COMFY_SAMPLERS
+
+    return list(COMFY_SAMPLERS)
+
+
+def _comfy_schedulers() -> list:
+    from nodes.sd.schedulers import COMFY_SCHEDULERS
+
+    return list(COMFY_SCHEDULERS)
+
+
+_VOCAB = {"sampler_name": _comfy_samplers, "scheduler": _comfy_schedulers}
+
+_SAMPLE_INPUTS = {"model": "unet", "latent_image": "latent", "sampler_name": "scheduler", "scheduler": "sigmas"}
+_ADVANCED_INPUTS = {**_SAMPLE_INPUTS, "noise_seed": "seed", "start_at_step": "start_step", "end_at_step": "end_step",
+                    "return_with_leftover_noise": None}
 
 TABLE = {
     "CheckpointLoaderSimple": ComfyClass("LoadCheckpoint", {"ckpt_name": "name"}, ["unet", "text_encoder", "vae"]),
     "CLIPTextEncode": ComfyClass("EncodeText", {"clip": "text_encoder"}, ["conditioning"]),
     "CLIPSetLastLayer": ComfyClass("SetClipSkip", {"clip": "text_encoder"}, ["text_encoder"], convert=_clip_layer),
     "EmptyLatentImage": ComfyClass("EmptyLatent", {}, ["latent"]),
-    "KSampler": ComfyClass("Sample", _SAMPLE_INPUTS, ["latent"], convert=_ksampler),
-    "KSamplerAdvanced": ComfyClass("Sample", _SAMPLE_INPUTS, ["latent"], convert=_ksampler_advanced),
+    "KSampler": ComfyClass("Sample", _SAMPLE_INPUTS, ["latent"], convert=_ksampler, choices=_VOCAB),
+    "KSamplerAdvanced": ComfyClass("Sample", _ADVANCED_INPUTS, ["latent"], convert=_ksampler_advanced, choices=_VOCAB),
     "VAEDecode": ComfyClass("VAEDecode", {"samples": "latent"}, ["image"]),
     "VAEEncode": ComfyClass("VAEEncode", {"pixels": "image"}, ["latent"]),
     "VAEEncodeForInpaint": ComfyClass("VAEEncodeForInpaint", {"pixels": "image"}, ["latent"]),
@@ -86,8 +101,8 @@ TABLE = {
     "VAELoader": ComfyClass("LoadVAE", {"vae_name": "name"}, ["vae"]),
     "LatentUpscale": ComfyClass("LatentUpscale", {"samples": "latent", "upscale_method": "method", "crop": None}, ["latent"], convert=_upscale),
     "LatentUpscaleBy": ComfyClass("LatentUpscaleBy", {"samples": "latent", "upscale_method": "method", "scale_by": "scale"}, ["latent"], convert=_upscale),
-    "KSamplerSelect": ComfyClass("SamplerSelect", {"sampler_name": "name"}, ["sampler"], convert=_select),
-    "BasicScheduler": ComfyClass("SigmaSchedule", {"model": "unet", "scheduler": "sigmas"}, ["sigmas"], convert=_basic_scheduler),
+    "KSamplerSelect": ComfyClass("SamplerSelect", {"sampler_name": "name"}, ["sampler"], convert=_select, choices=_VOCAB),
+    "BasicScheduler": ComfyClass("SigmaSchedule", {"model": "unet", "scheduler": "sigmas"}, ["sigmas"], convert=_basic_scheduler, choices=_VOCAB),
     "CFGGuider": ComfyClass("CFGGuider", {"model": "unet"}, ["guider"]),
     "RandomNoise": ComfyClass("Noise", {"noise_seed": "seed"}, ["noise"]),
     "SamplerCustom": ComfyClass("SampleParts", {"model": "unet", "noise_seed": "seed", "latent_image": "latent"}, ["latent", "latent"], convert=_custom),

@@ -218,10 +218,17 @@ async def get_object_info(request: web.Request) -> web.Response:
 
 async def get_object_info_one(request: web.Request) -> web.Response:
     loom = loom_of(request)
-    d = loom.registry.get(request.match_info["node_class"])
+    name = request.match_info["node_class"]
+    d = loom.registry.get(name)
     if d is None:
-        return json_response({})
-    return json_response({request.match_info["node_class"]: node_info(d.schema(loom.settings).model_dump())})
+        from ..compat.comfy import COMFY_CLASSES, _ensure_tables
+        from .object_info import comfy_class_info
+
+        _ensure_tables()
+        spec = COMFY_CLASSES.get(name)
+        info = comfy_class_info(name, spec, loom.registry.catalog_json(loom.settings)) if spec is not None else None
+        return json_response({name: info} if info is not None else {})
+    return json_response({name: node_info(d.schema(loom.settings).model_dump())})
 
 
 async def get_embeddings(request: web.Request) -> web.Response:

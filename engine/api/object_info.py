@@ -90,5 +90,43 @@ def node_info(schema: dict) -> dict:
     }
 
 
+# ComfyUI's type names for the sockets whose names differ from ours
+_COMFY_TYPES = {"UNET": "MODEL", "TEXT_ENCODER": "CLIP", "SAMPLER_ALGO": "SAMPLER"}
+
+
+def comfy_class_info(name: str, spec: Any, catalog: dict) -> dict | None:
+    """A ComfyUI class (KSampler, CheckpointLoaderSimple, ...) described with ComfyUI's input names and
+    vocabularies, from the schema of the node it translates to; clients that read these entries to build
+    prompts (sampler lists, checkpoint lists) keep working."""
+    ours = catalog["nodes"].get(spec.our_type)
+    if ours is None:
+        return None
+    back = {v: k for k, v in spec.inputs.items() if v}
+    inputs = []
+    for inp in ours["inputs"]:
+        inp = dict(inp, name=back.get(inp["name"], inp["name"]), type=_COMFY_TYPES.get(inp["type"], inp["type"]))
+        source = spec.choices.get(inp["name"])
+        if source is not None:
+            inp["choices"] = list(source())
+            inp["default"] = inp["choices"][0] if inp["choices"] else None
+        inputs.append(inp)
+    types = {o["name"]: o["type"] for o in ours["outputs"]}
+    outputs = [{"name": _COMFY_TYPES.get(types.get(o, "*"), types.get(o, "*")), "type": _COMFY_TYPES.get(types.get(o, "*"), types.get(o, "*"))}
+               for o in spec.outputs]
+    info = node_info(dict(ours, name=name, display_name=name, inputs=inputs, outputs=outputs))
+    info["description"] = f"ComfyUI's {name}, run as Latent Loom's {spec.our_type}. " + ours["description"]
+    return info
+
+
 def object_info(catalog: dict) -> dict:
-    return {name: node_info(schema) for name, schema in catalog["nodes"].items()}
+    """Our nodes under their names, plus the ComfyUI classes we translate (where the names differ)."""
+    from ..compat.comfy import COMFY_CLASSES, _ensure_tables
+
+    _ensure_tables()
+    out = {name: node_info(schema) for name, schema in catalog["nodes"].items()}
+    for name, spec in COMFY_CLASSES.items():
+        if name not in out:
+            info = comfy_class_info(name, spec, catalog)
+            if info is not None:
+                out[name] = info
+    return out

@@ -29,6 +29,7 @@ class ComfyClass:
     outputs: list[str] = field(default_factory=list)  # comfy output index -> our output name
     convert: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # on the translated literal inputs
     output_node: bool = False
+    choices: dict[str, Callable[[], list]] = field(default_factory=dict)  # comfy input -> its own vocabulary (object_info)
 
 
 COMFY_CLASSES: dict[str, ComfyClass] = {}

@@ -221,3 +221,20 @@ async def test_files_models_system(live):
     (live.dirs.models / "embeddings").mkdir()
     (live.dirs.models / "embeddings" / "neg.pt").write_bytes(b"x")
     assert (await live.get("/embeddings"))[1] == ["neg"]
+
+
+def test_object_info_describes_comfy_classes_in_comfy_terms():
+    """Clients read /object_info for ComfyUI's own classes (sampler lists, checkpoint lists)."""
+    from engine.api.object_info import object_info
+    from engine.registry import Registry
+    from engine.settings import Settings
+
+    info = object_info(Registry.default().catalog_json(Settings()))
+    ks = info["KSampler"]["input"]["required"]
+    assert "euler_ancestral" in ks["sampler_name"][0] and "karras" in ks["scheduler"][0]
+    assert {"seed", "model", "latent_image", "positive"} <= set(ks) | set(info["KSampler"]["input"]["optional"])
+    assert "noise_seed" in info["KSamplerAdvanced"]["input"]["required"]
+    ck = info["CheckpointLoaderSimple"]
+    assert "loom-shapes" in ck["input"]["required"]["ckpt_name"][0]
+    assert ck["output"] == ["MODEL", "CLIP", "VAE"]
+    assert info["VAEDecode"]["name"] == "VAEDecode"  # our own node keeps its entry
