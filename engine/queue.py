@@ -281,10 +281,17 @@ class RunQueue:
             self.listener.run_done(row, final)
             self.listener.queue_changed()
 
+    _default_fast: bool | None = None
+
     def _execute(self, active: _Active) -> list[dict]:
         """Validate (files may have changed since submission), run, and fill the row with the result."""
         row = active.row
         executor = self.executor
+        # fast mode: the server's --fast, or the workflow's own `settings: {"fast": true}` for this run
+        if self._default_fast is None:
+            self._default_fast = bool(getattr(executor.settings, "fast", False))
+        wf_settings = row.workflow.get("settings") if isinstance(row.workflow, dict) else None
+        executor.settings.fast = self._default_fast or bool(isinstance(wf_settings, dict) and wf_settings.get("fast") is True)
         graph, errors = executor.validate(row.workflow, row.targets or None)
         if graph is None:
             first = errors[0]
