@@ -14,9 +14,8 @@ import threading
 import time
 import traceback
 import uuid
-from dataclasses import dataclass, field
-from pathlib import Path
 from collections import ChainMap
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from . import events as ev
@@ -93,7 +92,6 @@ class Executor:
         self.cache = cache if cache is not None else OutputCache(self.settings.cache_bytes)
         self.listeners: list[EventSink] = []
         self._lock = threading.Lock()  # one run at a time per executor (models are shared state)
-        self.last_body_values: dict[str, dict[str, dict[str, Any]]] = {}
 
     # ------------------------------------------------------------------------------------------------
     def validate(self, workflow: Any, targets: list[str] | None = None) -> tuple[Graph | None, list[GraphError]]:
@@ -219,8 +217,7 @@ class Executor:
                                       workflow=graph.raw, prompt=prompt, interrupt_event=interrupt,
                                       emit=self._node_emitter(emit, nid) if emit else None)
                 if g.body is not None:
-                    outputs, body_values = _run_loop(g, d, kwargs, ctx, values)
-                    self.last_body_values[nid] = body_values
+                    outputs, _ = _run_loop(g, d, kwargs, ctx, values)
                 else:
                     outputs = d.call(kwargs, ctx)
                 seconds = time.perf_counter() - t0

@@ -11,7 +11,6 @@ not_in_choices, cycle, no_output, bypass_no_input, loop_body, unknown_output_nod
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -71,7 +70,6 @@ class Body:
     order: list[str]
     output_id: str
     outer_deps: set[str]
-    canonical: str  # a stable text of the body (types, literals, wiring) for cache signatures
 
 
 @dataclass
@@ -260,9 +258,7 @@ def _compile_body(owner: GNode, body_raw: Any, outer: _Scope, registry: Registry
     _resolve_bypass(nodes, errors, pid + "/")
     needed = _ancestors_and_self(_after_bypass(nodes, deps), [outs[0].id])
     order = [n for n in topo if n in needed and not nodes[n].bypass]
-    canonical = json.dumps({n: [nodes[n].type, sorted(nodes[n].literals.items(), key=lambda kv: kv[0]),
-                                sorted(nodes[n].links.items())] for n in order}, sort_keys=True, default=repr)
-    return Body(nodes=nodes, order=order, output_id=outs[0].id, outer_deps=outer_deps, canonical=canonical)
+    return Body(nodes=nodes, order=order, output_id=outs[0].id, outer_deps=outer_deps)
 
 
 def _topological(nodes: dict[str, GNode], deps: dict[str, dict[str, None]], prefix: str,

@@ -173,7 +173,7 @@ def run_sampler(unet, positive, negative, latent, noise_spec, spec, cfg, guidanc
                 start_step: int = 0, end_step: int | None = None, add_noise: bool = True):
     """The whole loop in Python: the same stage functions, the same order as the loop body."""
     from nodes.sd.control import control_for_step
-    from nodes.sd.denoise import apply_guidance, predict_noise as predict, prepare, scheduler_step as step_fn, uses_cfg
+    from nodes.sd.denoise import apply_guidance, predict_noise as predict, prepare_range, scheduler_step as step_fn, uses_cfg
 
     if getattr(ctx.settings, "fast", False):  # fast mode: compiled, CUDA-graph sampling (nodes/sd/fast.py)
         from nodes.sd import fast
@@ -181,11 +181,8 @@ def run_sampler(unet, positive, negative, latent, noise_spec, spec, cfg, guidanc
         return fast.sample(unet, positive, negative, latent, noise_spec, spec, cfg, guidance_rescale, ctx,
                            start_step=start_step, end_step=end_step, add_noise=add_noise)
     devices = ctx.settings.devices()
-    state, x = prepare(unet, latent, noise_spec, spec, devices, start_step=start_step, add_noise=add_noise)
+    state, x = prepare_range(unet, latent, noise_spec, spec, devices, start_step, end_step, add_noise)
     use_cfg = uses_cfg(cfg, negative)
-    if end_step is not None and end_step > start_step:
-        state.timesteps = state.timesteps[: (end_step - start_step) * state.scheduler.order]
-        state.total = len(state.timesteps)
     neg = negative if use_cfg else None
     every = _preview_every(state.total)
     for i, t in enumerate(state.timesteps):

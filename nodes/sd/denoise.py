@@ -76,6 +76,16 @@ def prepare(unet: UNetHandle, latent: Latent, noise: NoiseSpec, spec: SchedulerS
     return state, x
 
 
+def prepare_range(unet: UNetHandle, latent: Latent, noise: NoiseSpec, spec: SchedulerSpec, devices: Any,
+                  start_step: int = 0, end_step: int | None = None, add_noise: bool = True) -> tuple[SamplerState, torch.Tensor]:
+    """`prepare`, then stop after `end_step` (the remaining noise is left in the latents)."""
+    state, x = prepare(unet, latent, noise, spec, devices, start_step=start_step, add_noise=add_noise)
+    if end_step is not None and end_step > start_step:
+        state.timesteps = state.timesteps[: (end_step - start_step) * state.scheduler.order]
+        state.total = len(state.timesteps)
+    return state, x
+
+
 def _mask_to_latent(mask: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
     m = mask
     if m.ndim == 3:

@@ -811,17 +811,14 @@ def sample(unet: Any, positive: Any, negative: Any, latent: Any, noise_spec: Any
            guidance_rescale: float, ctx: Any, start_step: int = 0, end_step: int | None = None,
            add_noise: bool = True) -> Any:
     """Fast-mode `nodes.sampling.run_sampler`: the same arguments and the same picture (within fp16 rounding)."""
-    from .denoise import prepare, uses_cfg
+    from .denoise import prepare_range, uses_cfg
 
     settings = ctx.settings
     devices = settings.devices()
     prepare_process(settings)
     ready_model(unet.model, devices.device)  # before LoRA patches swap weights in: their originals too
-    state, x = prepare(unet, latent, noise_spec, spec, devices, start_step=start_step, add_noise=add_noise)
+    state, x = prepare_range(unet, latent, noise_spec, spec, devices, start_step, end_step, add_noise)
     use_cfg = uses_cfg(cfg, negative)
-    if end_step is not None and end_step > start_step:
-        state.timesteps = state.timesteps[: (end_step - start_step) * state.scheduler.order]
-        state.total = len(state.timesteps)
     neg = negative if use_cfg else None
     notify = Notifier(ctx)
     controlled = bool(positive.controls) or bool(neg is not None and neg.controls)
