@@ -177,6 +177,7 @@ class Executor:
         nonce = uuid.uuid4().hex
         sigs = self.signatures(graph, nonce)
         result = RunResult(run_id=run_id, status="success", signatures=sigs)
+        result.nodes.update((nid, NodeReport("pending")) for nid in graph.order)  # overwritten as nodes run
         values: dict[str, dict[str, Any]] = {}
         cached_ids: list[str] = []
         cache = self.cache
