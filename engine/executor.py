@@ -373,5 +373,15 @@ def _describe(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     if type(exc).__name__ == "OutOfMemoryError":
         text = "out of GPU memory: " + text.splitlines()[0] + " (try a smaller size or batch, tiled VAE decode, or --device cpu)"
+        _release_gpu_cache()
     return text
+
+
+def _release_gpu_cache() -> None:
+    """After an out-of-memory error, hand the allocator's cached blocks back so the next run can start."""
+    import sys
+
+    torch = sys.modules.get("torch")  # the engine never imports torch itself
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
