@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user-dir", default=None, help="user data: queue and history database, saved workflows")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--fast", action="store_true", help="GPU fast mode: compiled, CUDA-graph sampling")
+    p.add_argument("--dtype", choices=["auto", "fp16", "bf16", "fp32"], default="auto", help="compute dtype on CUDA (auto = fp16; the CPU uses fp32)")
+    p.add_argument("--vram-budget-gb", type=float, default=None, help="GPU memory models may occupy before idle ones move to the CPU (default 85%% of the card)")
     p.add_argument("--token", default=None, help="require this token (Authorization: Bearer, cookie loom_token, ?token=)")
     p.add_argument("--insecure", action="store_true", help="allow a non-loopback address without a token")
     p.add_argument("--custom-nodes", action="append", default=[], metavar="DIR", help="also load node modules from DIR (opt-in)")
@@ -49,6 +51,9 @@ def config_from(args: argparse.Namespace):
         settings.user_dir = Path(args.user_dir)
     if args.cache_gb is not None:
         settings.cache_bytes = int(args.cache_gb * 1024**3)
+    settings.dtype = args.dtype
+    if args.vram_budget_gb is not None:
+        settings.vram_budget_bytes = int(args.vram_budget_gb * 1024**3)
     return ServerConfig(host=args.host, port=args.port, token=args.token or None, insecure=args.insecure,
                         max_upload_mb=args.max_upload_mb, settings=settings, custom_nodes=[Path(d) for d in args.custom_nodes],
                         warm_up=not args.no_warmup)

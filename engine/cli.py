@@ -73,6 +73,8 @@ def _settings_from(args: argparse.Namespace) -> Settings:
         s.device = args.device
     if getattr(args, "fast", False):
         s.fast = True
+    if getattr(args, "dtype", None):
+        s.dtype = args.dtype
     return s
 
 
@@ -254,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="output folder (default: output/)")
     r.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     r.add_argument("--fast", action="store_true", help="GPU fast mode: compiled, CUDA-graph sampling")
+    r.add_argument("--dtype", choices=["auto", "fp16", "bf16", "fp32"], default="auto", help="compute dtype on CUDA (auto = fp16)")
     r.add_argument("--json", action="store_true", help="print one JSON object with the result on stdout")
     common(r)
     r.set_defaults(func=cmd_run)
