@@ -30,11 +30,14 @@ log = logging.getLogger(__name__)
 EventSink = Callable[[ev.Event], None]
 
 
-@dataclass
+@dataclass(frozen=True)
 class NodeReport:
     status: str  # success | cached | error | interrupted | pending
     cached: bool = False
     seconds: float = 0.0
+
+
+_CACHED = NodeReport("cached", True, 0.0)
 
 
 @dataclass
@@ -177,7 +180,6 @@ class Executor:
         nonce = uuid.uuid4().hex
         sigs = self.signatures(graph, nonce)
         result = RunResult(run_id=run_id, status="success", signatures=sigs)
-        result.nodes.update((nid, NodeReport("pending")) for nid in graph.order)  # overwritten as nodes run
         values: dict[str, dict[str, Any]] = {}
         cached_ids: list[str] = []
         cache = self.cache
@@ -198,7 +200,7 @@ class Executor:
                 d = g.d
                 assert d is not None
                 if nid in values:
-                    nodes_report[nid] = NodeReport("cached", True, 0.0)
+                    nodes_report[nid] = _CACHED
                     ui = values[nid].get("__ui__")
                     if ui is not None:
                         result.ui[nid] = ui
@@ -249,6 +251,10 @@ class Executor:
             result.status = "error"
             result.error = {"node_id": failed_id, "node_type": failed_type, "error_type": type(exc).__name__, "message": message}
             emit(ev.RunFailed, node_id=failed_id, node_type=failed_type, error_type=type(exc).__name__, message=message)
+        if result.status != "success":  # what a failure or interrupt kept from running
+            for nid in graph.order:
+                if nid not in nodes_report:
+                    nodes_report[nid] = NodeReport("pending")
         result.seconds = time.perf_counter() - t_run
         if result.status == "success":
             emit(ev.RunFinished, seconds=result.seconds)
