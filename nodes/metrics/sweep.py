@@ -47,7 +47,11 @@ class SweepResult:
         from .grid import image_grid
 
         captions = [f"{r.seconds:.2f}s" + (f"  CLIP {r.clip_score:.1f}" if r.clip_score is not None else "") for r in self.rows]
-        return image_grid(self.images, rows=len(self.schedulers), cols=len(self.steps), row_labels=self.schedulers,
+        images = self.images
+        factor = 128 // images.shape[1]
+        if factor > 1:  # small images (64 px) are enlarged, pixel for pixel, so the grid stays readable
+            images = torch.nn.functional.interpolate(images.permute(0, 3, 1, 2), scale_factor=factor, mode="nearest").permute(0, 2, 3, 1)
+        return image_grid(images, rows=len(self.schedulers), cols=len(self.steps), row_labels=self.schedulers,
                           col_labels=[f"{s} steps" for s in self.steps], captions=captions)
 
 
