@@ -220,7 +220,8 @@ class Executor:
                                       workflow=graph.raw, prompt=prompt, interrupt_event=interrupt,
                                       emit=self._node_emitter(emit, nid) if emit else None)
                 if g.body is not None:
-                    outputs, _ = _run_loop(g, d, kwargs, ctx, values)
+                    outputs, body_values = _run_loop(g, d, kwargs, ctx, values)
+                    self._keep_body_values(nid, sigs[nid], body_values, result)
                 else:
                     outputs = d.call(kwargs, ctx)
                 seconds = time.perf_counter() - t0
@@ -259,6 +260,16 @@ class Executor:
         if result.status == "success":
             emit(ev.RunFinished, seconds=result.seconds)
         return result
+
+    def _keep_body_values(self, loop_id: str, loop_sig: str, body_values: dict, result: RunResult) -> None:
+        """The last iteration's values of each body node, cached like any output, so the editor can
+        inspect `loop_id/body_id` after the run (one iteration's tensors: small next to the loop's)."""
+        for body_id, vals in body_values.items():
+            if not isinstance(vals, dict):
+                continue
+            sig = signature("LoopBodyValues", {"node": body_id}, {"loop": loop_sig})
+            self.cache.put(sig, vals)
+            result.signatures[f"{loop_id}/{body_id}"] = sig
 
     @staticmethod
     def _node_emitter(emit: _Emitter, nid: str) -> Callable[[str, dict], None]:

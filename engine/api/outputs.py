@@ -21,16 +21,49 @@ from .runs import find_run
 from .state import LoomApp, loom_of
 
 
-def _node_outputs(loom: LoomApp, row: Any, node_id: str) -> tuple[list[tuple[str, str]], dict | None]:
+def _entry(loom: LoomApp, row: Any, node_id: str) -> dict | None:
+    """The workflow entry of `node_id`, or of `loop_id/body_id` inside a loop node's body (its own or the
+    loop type's default body)."""
     nodes = row.workflow.get("nodes", {}) if isinstance(row.workflow, dict) else {}
-    entry = nodes.get(node_id)
-    if not isinstance(entry, dict):
+    if "/" not in node_id:
+        entry = nodes.get(node_id)
+        return entry if isinstance(entry, dict) else None
+    loop_id, body_id = node_id.split("/", 1)
+    loop = nodes.get(loop_id)
+    if not isinstance(loop, dict) or "/" in body_id:
+        return None
+    body = loop.get("body")
+    if body is None:
+        d = loom.registry.get(loop.get("type", ""))
+        body = d.loop.default_body if d is not None and d.loop is not None else None
+    entry = body.get("nodes", {}).get(body_id) if isinstance(body, dict) else None
+    return entry if isinstance(entry, dict) else None
+
+
+def _declared(loom: LoomApp, node_id: str, entry: dict, row: Any) -> list[tuple[str, str]]:
+    ntype = entry.get("type", "")
+    if ntype == "LoopInput" and "/" in node_id:  # its outputs are the loop type's per-iteration values
+        loop = row.workflow["nodes"][node_id.split("/", 1)[0]]
+        d = loom.registry.get(loop.get("type", ""))
+        return [(o.name, o.type.name) for o in d.loop.inputs] if d is not None and d.loop is not None else []
+    d = loom.registry.get(ntype)
+    return [(o.name, o.type.name) for o in d.outputs] if d is not None else []
+
+
+def _node_outputs(loom: LoomApp, row: Any, node_id: str) -> tuple[list[tuple[str, str]], dict | None]:
+    entry = _entry(loom, row, node_id)
+    if entry is None:
         raise ApiError(404, "not_found", f"run {row.run_id!r} has no node {node_id!r}")
-    d = loom.registry.get(entry.get("type", ""))
-    declared = [(o.name, o.type.name) for o in d.outputs] if d is not None else []
+    declared = _declared(loom, node_id, entry, row)
     sig = row.signatures.get(node_id)
     values = loom.executor.cache.peek(sig) if sig else None
     return declared, values
+
+
+def _node_id(request: web.Request) -> str:
+    """`node_id`, or `loop_id/body_id` for a node inside a loop's body."""
+    info = request.match_info
+    return f"{info['loop_id']}/{info['body_id']}" if "loop_id" in info else info["node_id"]
 
 
 def _describe_all(declared: list[tuple[str, str]], values: dict, base: str) -> dict:
@@ -47,12 +80,12 @@ def _describe_all(declared: list[tuple[str, str]], values: dict, base: str) -> d
 
 async def get_node_outputs(request: web.Request) -> web.Response:
     loom = loom_of(request)
-    run_id, node_id = request.match_info["run_id"], request.match_info["node_id"]
+    run_id, node_id = request.match_info["run_id"], _node_id(request)
     row = find_run(request, run_id)
     declared, values = _node_outputs(loom, row, node_id)
     if values is None:
         return json_response({"node_id": node_id, "available": False, "outputs": {}})
-    base = f"/api/v1/runs/{quote(run_id, safe='')}/nodes/{quote(node_id, safe='')}"
+    base = f"/api/v1/runs/{quote(run_id, safe='')}/nodes/" + "/".join(quote(p, safe="") for p in node_id.split("/"))
     outputs = await asyncio.to_thread(_describe_all, declared, values, base)
     return json_response({"node_id": node_id, "available": True, "outputs": outputs})
 
@@ -64,7 +97,7 @@ def _render_png(value: Any, type_name: str, index: int, size: int) -> bytes:
 async def get_output_preview(request: web.Request) -> web.Response:
     loom = loom_of(request)
     q = parse_query(request, m.PreviewQuery)
-    run_id, node_id, name = request.match_info["run_id"], request.match_info["node_id"], request.match_info["name"]
+    run_id, node_id, name = request.match_info["run_id"], _node_id(request), request.match_info["name"]
     row = find_run(request, run_id)
     declared, values = _node_outputs(loom, row, node_id)
     types = dict(declared)
@@ -85,5 +118,10 @@ ROUTES = [
           response=m.NodeOutputsPreview),
     Route("GET", "/api/v1/runs/{run_id}/nodes/{node_id}/outputs/{name}/preview", get_output_preview,
           "A PNG thumbnail of an IMAGE or MASK output, or a latent's RGB projection", query=m.PreviewQuery,
+          produces="image/png"),
+    Route("GET", "/api/v1/runs/{run_id}/nodes/{loop_id}/{body_id}", get_node_outputs,
+          "Summaries of a loop body node's cached outputs (its last iteration)", response=m.NodeOutputsPreview),
+    Route("GET", "/api/v1/runs/{run_id}/nodes/{loop_id}/{body_id}/outputs/{name}/preview", get_output_preview,
+          "A PNG thumbnail of a loop body node's output (its last iteration)", query=m.PreviewQuery,
           produces="image/png"),
 ]

@@ -327,3 +327,31 @@ def test_loop_body_opens_as_a_subgraph(editor: Any) -> None:
     body = page.evaluate("id => window.latentloom.workflow().nodes[id].body.nodes", outer)
     assert len(body) == n_before + 1
     no_console_errors(page)
+
+
+def test_loop_body_nodes_show_their_last_iteration(editor: Any) -> None:
+    """After a run, a node inside the denoise loop's body shows its cached outputs like any other node."""
+    page = editor
+    names = page.evaluate("() => Object.keys(window.latentloom.s.catalog.nodes)")
+    if "DenoiseLoop" not in names:
+        pytest.skip("no DenoiseLoop node")
+    missing: list[str] = []
+    page.on("response", lambda r: missing.append(r.url) if r.status == 404 else None)
+    open_workflow(page, "txt2img-steps.json")
+    for name, value in (("steps", "2"), ("batch_size", "1")):
+        for box in page.locator(f'.ll-node input[data-input="{name}"]').all():
+            box.fill(value)
+            box.press("Enter")
+    phase = run_and_wait(page, timeout=150_000)
+    if phase != "success":
+        pytest.skip(f"txt2img-steps did not run here: {page.evaluate('() => window.latentloom.s.run.errors')}")
+    node(page, "loop").locator(".ll-open-body").click()
+    page.wait_for_function("() => window.latentloom.s.path.length === 1")
+    node(page, "step").locator(".ll-title").click()
+    inspector = page.get_by_test_id("inspector")
+    inspector.wait_for()
+    page.wait_for_function("() => window.latentloom.s.inspect === 'loop/step'")
+    inspector.locator("img").first.wait_for()
+    assert "LATENT" in inspector.inner_text()
+    assert missing == [], missing
+    no_console_errors(page)

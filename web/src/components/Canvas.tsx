@@ -331,9 +331,12 @@ export function Canvas() {
 
   const onNodeClick = useCallback((_: unknown, node: Node) => {
     if (node.id.startsWith('group:')) return;
+    if (!(node.id in editor.graph.nodes)) return; // a click that opened a loop body lands after the view changed
     const st = editor.s;
     const prefix = st.path.length ? st.path.join('/') + '/' : '';
-    if (st.run.nodes[prefix + node.id]?.runId && ['executed', 'cached'].includes(st.run.nodes[prefix + node.id].status)) {
+    const ran = (r?: { runId?: string; status: string }) => !!r?.runId && ['executed', 'cached'].includes(r.status);
+    // inside a loop body the nodes have no run state of their own: the loop node's run holds their last iteration
+    if (ran(st.run.nodes[prefix + node.id]) || (st.path.length > 0 && ran(st.run.nodes[st.path[0]]))) {
       editor.inspectNode(prefix + node.id);
     }
   }, []);

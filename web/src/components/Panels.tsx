@@ -132,7 +132,8 @@ function sized(u: string, size = 320): string {
 
 function Inspector() {
   const target = useEd((s) => s.inspect);
-  const run = useEd((s) => (s.inspect ? s.run.nodes[s.inspect] : undefined));
+  // a loop body node ("loop/step") is inspected through its loop node's run
+  const run = useEd((s) => (s.inspect ? s.run.nodes[s.inspect] ?? s.run.nodes[s.inspect.split('/')[0]] : undefined));
   const [data, setData] = useState<NodeOutputs | null>(null);
   const [error, setError] = useState<string | null>(null);
   const runId = run?.runId;
