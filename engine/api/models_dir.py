@@ -19,12 +19,12 @@ from aiohttp import web
 
 from . import models as m
 from .errors import ApiError, json_response
+from ..model_files import iter_models
 from .routing import Route
 
 MODEL_FOLDERS = ("checkpoints", "loras", "controlnet", "vae", "embeddings", "clip")
-FILE_FORMATS = {".safetensors": "safetensors", ".ckpt": "ckpt", ".pt": "pt", ".bin": "bin", ".pth": "pth"}
+FILE_FORMATS = {".safetensors": "safetensors", ".sft": "safetensors", ".ckpt": "ckpt", ".pt": "pt", ".bin": "bin", ".pth": "pth"}
 MAX_HEADER = 64 * 1024 * 1024
-MAX_DEPTH = 6
 _MAX_TEXT = 2048
 
 
@@ -43,10 +43,6 @@ def read_safetensors_header(path: Path) -> dict[str, Any]:
     meta = header.pop("__metadata__", None) or {}
     meta = {str(k): (v[:_MAX_TEXT] + "..." if isinstance(v, str) and len(v) > _MAX_TEXT else v) for k, v in meta.items()}
     return {"metadata": meta, "tensors": len(header)}
-
-
-def is_diffusers_folder(path: Path) -> bool:
-    return (path / "model_index.json").is_file() or (path / "config.json").is_file()
 
 
 def _diffusers_metadata(path: Path) -> dict:
@@ -113,40 +109,8 @@ class MetadataCache:
 
 
 def list_models(settings: Any, kind: str, cache: MetadataCache) -> list[dict]:
-    """Every model of a kind over its folders (the user's first); the first of two equal names wins."""
-    seen: set[str] = set()
-    out: list[dict] = []
-    for root in settings.model_folders(kind):
-        if not root.is_dir():
-            continue
-        visited: set[str] = set()
-        stack: list[tuple[Path, int]] = [(root, 0)]
-        while stack:
-            folder, depth = stack.pop()
-            real = os.path.realpath(folder)
-            if real in visited or depth > MAX_DEPTH:
-                continue
-            visited.add(real)
-            try:
-                children = sorted(folder.iterdir())
-            except OSError:
-                continue
-            for p in children:
-                if p.name.startswith("."):
-                    continue
-                name = p.relative_to(root).as_posix()
-                if p.is_dir():
-                    if is_diffusers_folder(p):
-                        if name not in seen and (e := cache.entry(p, name)) is not None:
-                            seen.add(name)
-                            out.append(e)
-                    else:
-                        stack.append((p, depth + 1))
-                elif p.suffix.lower() in FILE_FORMATS and name not in seen:
-                    e = cache.entry(p, name)
-                    if e is not None:
-                        seen.add(name)
-                        out.append(e)
+    """Every model of a kind over its folders (the user's first), with its metadata."""
+    out = [e for name, p in iter_models(settings, kind) if (e := cache.entry(p, name)) is not None]
     return sorted(out, key=lambda e: e["name"].lower())
 
 

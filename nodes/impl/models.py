@@ -5,35 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-MODEL_SUFFIXES = {".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft"}
-
-
-def _is_model_dir(p: Path) -> bool:
-    return (p / "model_index.json").is_file() or (p / "config.json").is_file()
-
-
 def list_models(settings: Any, kind: str) -> list[str]:
     """Names (relative paths) of model files and diffusers folders in the `kind` folders."""
     if settings is None:
         return []
-    names: list[str] = []
-    for root in settings.model_folders(kind):
-        if not root.is_dir():
-            continue
-        stack = [root]
-        while stack:
-            folder = stack.pop()
-            for p in sorted(folder.iterdir()):
-                if p.name.startswith("."):
-                    continue
-                if p.is_dir():
-                    if _is_model_dir(p):
-                        names.append(p.relative_to(root).as_posix())
-                    else:
-                        stack.append(p)
-                elif p.suffix.lower() in MODEL_SUFFIXES:
-                    names.append(p.relative_to(root).as_posix())
-    return sorted(dict.fromkeys(names))
+    from engine.model_files import iter_models
+
+    return sorted(name for name, _ in iter_models(settings, kind))
 
 
 def resolve_model(settings: Any, kind: str, name: str) -> Path:
