@@ -105,12 +105,17 @@ def test_prompt_from_list_reads_partiprompts_layout(tmp_path):
     assert (out["prompt"], out["category"], out["count"]) == ("a blue square", "Abstract", 2)
 
 
-def test_scheduler_sweep_writes_grid_table(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_models_dir(tmp_path_factory) -> Path:
     from tests import tiny_models
 
-    models = tmp_path / "models"
+    models = tmp_path_factory.mktemp("models")
     tiny_models.make_tiny_sd15(models / "checkpoints" / "tiny")
-    ex = ex_for(models, tmp_path)
+    return models
+
+
+def test_scheduler_sweep_writes_grid_table(tiny_models_dir, tmp_path):
+    ex = ex_for(tiny_models_dir, tmp_path)
     r = ex.run(wf({
         "ckpt": {"type": "LoadCheckpoint", "inputs": {"name": "tiny"}},
         "sweep": {"type": "SchedulerSweep", "inputs": {"unet": L("ckpt", "unet"), "text_encoder": L("ckpt", "text_encoder"),
@@ -128,12 +133,8 @@ def test_scheduler_sweep_writes_grid_table(tmp_path):
         assert im.size[0] > 2 * 64 and im.size[1] > 2 * 64
 
 
-def test_sweep_rejects_bad_lists(tmp_path):
-    from tests import tiny_models
-
-    models = tmp_path / "models"
-    tiny_models.make_tiny_sd15(models / "checkpoints" / "tiny")
-    ex = ex_for(models, tmp_path)
+def test_sweep_rejects_bad_lists(tiny_models_dir, tmp_path):
+    ex = ex_for(tiny_models_dir, tmp_path)
     r = ex.run(wf({
         "ckpt": {"type": "LoadCheckpoint", "inputs": {"name": "tiny"}},
         "sweep": {"type": "SchedulerSweep", "inputs": {"unet": L("ckpt", "unet"), "text_encoder": L("ckpt", "text_encoder"),

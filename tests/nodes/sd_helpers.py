@@ -77,3 +77,13 @@ def reference_pipeline(folder: Path, scheduler_name: str, steps: int, pipeline_c
 
 def gen(seed: int) -> torch.Generator:
     return torch.Generator("cpu").manual_seed(seed)
+
+
+def quick(workflow: dict, steps: int = 1) -> dict:
+    """A shipped workflow made fast for a test: few sampling steps, one image."""
+    for n in workflow["nodes"].values():
+        if n["type"] == "Sample":
+            n["inputs"]["steps"] = steps
+        if n["type"] == "EmptyLatent":
+            n["inputs"]["batch_size"] = 1
+    return workflow
