@@ -402,6 +402,41 @@ def ready_model(model: torch.nn.Module, device: torch.device) -> None:
             return
 
 
+# model -> {weights token: layout}: `ready_model` and `_layout` walk every parameter (about 1-3 ms for a UNet),
+# too slow for once per step; a model whose weights are the same objects in the same storage is ready already.
+_prepared: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_prepared_lock = threading.Lock()
+
+
+def _weights_token(model: torch.nn.Module, device: torch.device) -> tuple:
+    """Cheap evidence of what the weights are: a move or re-cast (`.to()`) gives every parameter new storage,
+    and a LoRA patch swaps parameter objects, so the first parameter's storage and flags tell the states apart
+    (a patch that does not touch the first layer keeps the weights' layout: `lora_apply` copies it)."""
+    p = next(model.parameters(), None)
+    if p is None:
+        return (device.type, None)
+    return (device.type, p.device, p.dtype, p.data_ptr(), p.requires_grad, tuple(p.stride()))
+
+
+def prepare_model(model: torch.nn.Module, device: torch.device) -> int:
+    """`ready_model`, then the weights' layout hash for compile keys; memoised per model and weights state,
+    so the per-step callers (the stage-wise loop, PredictNoise in an edited loop body) pay microseconds."""
+    token = _weights_token(model, device)
+    with _prepared_lock:
+        known = _prepared.get(model)
+        if known is not None and token in known:
+            return known[token]
+    ready_model(model, device)
+    layout = _layout(model)
+    token = _weights_token(model, device)  # ready_model may have converted the weights
+    with _prepared_lock:
+        known = _prepared.setdefault(model, {})
+        if len(known) >= 8:
+            known.clear()
+        known[token] = layout
+    return layout
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Stage-wise compiled module calls (UNet with ControlNet residuals, ControlNet, any sampler)
 # ----------------------------------------------------------------------------------------------------------
@@ -418,11 +453,12 @@ class ModuleCall:
     Attribute access goes to the model, so code that expects the module (`.config`, `.dtype`) still works.
     """
 
-    def __init__(self, model: torch.nn.Module, what: str, device: torch.device, notify: Notifier) -> None:
+    def __init__(self, model: torch.nn.Module, what: str, device: torch.device, notify: Notifier, layout: int) -> None:
         self.model = model
         self.what = what
         self.device = device
         self.notify = notify
+        self.layout = layout  # prepare_model's, from whoever placed the model for this call
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.model, name)
@@ -433,7 +469,7 @@ class ModuleCall:
         if self.what == "ControlNet" and not kwargs.get("guess_mode", False) and "conditioning_scale" in kwargs:
             scale = kwargs.pop("conditioning_scale")  # a per-step float: applied outside, one graph for all
             kwargs["conditioning_scale"] = 1.0
-        key = ("module", self.what, id(model), _signature(args), _signature(kwargs), _layout(model),
+        key = ("module", self.what, id(model), _signature(args), _signature(kwargs), self.layout,
                str(self.device), opts)
         first = args[0] if args and isinstance(args[0], torch.Tensor) else None
         shape = "x".join(str(s) for s in first.shape) if first is not None else "?"
@@ -470,8 +506,8 @@ class FastDevices:
     @contextlib.contextmanager
     def use(self, module: Any, dtype: Any = None) -> Iterator[Any]:
         with self._devices.use(module, dtype) as model:
-            ready_model(model, self._devices.device)
-            yield ModuleCall(model, "ControlNet", self._devices.device, self._notify)
+            layout = prepare_model(model, self._devices.device)
+            yield ModuleCall(model, "ControlNet", self._devices.device, self._notify, layout)
 
 
 def stage_hooks(ctx: Any) -> tuple[Callable[[torch.nn.Module], Callable[..., Any]], FastDevices]:
@@ -486,8 +522,8 @@ def unet_runner(ctx: Any) -> Callable[[torch.nn.Module], Callable[..., Any]]:
     notify = Notifier(ctx)
 
     def bind(model: torch.nn.Module) -> Callable[..., Any]:
-        ready_model(model, devices.device)
-        return ModuleCall(model, "UNet", devices.device, notify)
+        layout = prepare_model(model, devices.device)
+        return ModuleCall(model, "UNet", devices.device, notify, layout)
 
     return bind
 
@@ -816,7 +852,7 @@ def sample(unet: Any, positive: Any, negative: Any, latent: Any, noise_spec: Any
     settings = ctx.settings
     devices = settings.devices()
     prepare_process(settings)
-    ready_model(unet.model, devices.device)  # before LoRA patches swap weights in: their originals too
+    prepare_model(unet.model, devices.device)  # before LoRA patches swap weights in: their originals too
     state, x = prepare_range(unet, latent, noise_spec, spec, devices, start_step, end_step, add_noise)
     use_cfg = uses_cfg(cfg, negative)
     neg = negative if use_cfg else None
@@ -889,9 +925,8 @@ def _fused_loop(recipe: Recipe, unet: Any, positive: Any, neg: Any, latent: Any,
     t_start = time.perf_counter()
     compiled_s = 0.0
     with torch.no_grad(), applied(unet, devices) as model, _backend_flags(device):
-        ready_model(model, device)
         key = ("step", id(model), recipe, _signature((x, times[0], consts[0], embeds, text_embeds, time_ids, inpaint)),
-               _layout(model), str(device), opts)
+               prepare_model(model, device), str(device), opts)
         dummy_noise = torch.zeros_like(x) if recipe.noise else None
         args0 = (model, x, times[0], consts[0], embeds, text_embeds, time_ids, inpaint, cfg_t, rescale_t, dummy_noise, prev)
         hits = STATS["hits"]
@@ -966,13 +1001,13 @@ def decode(vae: Any, latent: Any, ctx: Any) -> torch.Tensor:
     opts = compile_options(device)
     make = lambda: _make_decode(vae.scaling_factor, vae.shift_factor)  # noqa: E731
     with torch.no_grad(), devices.use(vae.model, dtype) as model, _backend_flags(device):
-        ready_model(model, device)
+        layout = prepare_model(model, device)
         z = latent.samples.to(device, dtype)
         b, _, h, w = z.shape
         label = f"VAE decode for {w * vae.downscale}x{h * vae.downscale} batch {b}"
         entry = Entry(label, None, weakref.ref(model), False, error="disabled")
         if _flag("LOOM_FAST_VAE"):
-            key = ("vae-decode", id(model), _signature(z), vae.scaling_factor, vae.shift_factor, _layout(model),
+            key = ("vae-decode", id(model), _signature(z), vae.scaling_factor, vae.shift_factor, layout,
                    str(device), opts)
             entry = obtain(key, model, label, make, lambda fn: _warm(fn, (model, z), {}, opts), device,
                            Notifier(ctx), "VAE")
@@ -985,7 +1020,7 @@ def decode(vae: Any, latent: Any, ctx: Any) -> torch.Tensor:
 __all__ = [
     "CompileOptions", "Entry", "FastDevices", "LAST_RUN", "ModuleCall", "Notifier", "Progress", "Recipe", "STATS",
     "cache_size", "clear_cache", "compile_options", "decode", "fused_recipe", "is_default_body", "make_step",
-    "model_conditioning", "obtain", "prepare_process", "ready_model", "route_notices", "sample", "scheduler_update",
+    "model_conditioning", "obtain", "prepare_model", "prepare_process", "ready_model", "route_notices", "sample", "scheduler_update",
     "stage_hooks", "step_constants", "unet_runner", "update_ddim", "update_dpmpp_2m", "update_euler", "update_euler_a",
     "vae_dtype",
 ]

@@ -221,7 +221,7 @@ def test_img2img_ancestral_same_picture(ex):
     assert psnr(a, b) >= MIN_PSNR
 
 
-def test_controlnet_same_picture_in_sample_and_in_an_edited_loop_body(ex, models_dir):
+def test_controlnet_same_picture_in_sample_and_in_an_edited_loop_body(ex, models_dir, monkeypatch):
     """A ControlNet runs stage-wise with the ControlNet and the UNet (with residuals) compiled; an edited loop
     body (CFG 3 inside) runs node by node through the same compiled graphs."""
     pytest.importorskip("nodes.control")
@@ -261,9 +261,33 @@ def test_controlnet_same_picture_in_sample_and_in_an_edited_loop_body(ex, models
     body = copy.deepcopy(DEFAULT_DENOISE_BODY)
     body["nodes"]["guide"]["inputs"]["cfg"] = 3.0
     before = fast.STATS["compiles"]
+    walks = []  # a walk over every weight costs 1-3 ms on a full-size UNet: never once per step
+    real_layout = fast._layout
+    monkeypatch.setattr(fast, "_layout", lambda m: walks.append(type(m).__name__) or real_layout(m))
     c, d, events = default_and_fast(ex, controlled(loop_nodes("tiny-sd15", steps=4, seed=3, body=body), "loop"))
     assert fast.STATS["compiles"] == before  # the body's calls have the shapes Sample compiled for
+    assert len(walks) <= 3, walks  # 4 steps x (UNet + ControlNet) without the memo
     assert psnr(c, d) >= MIN_PSNR and psnr(a, c) >= MIN_PSNR
+
+
+def test_model_preparation_is_memoised_per_weights_state(monkeypatch):
+    """prepare_model (ready_model + the weights' layout for compile keys) walks the weights once per state:
+    the same weights again cost a dictionary lookup; a re-cast or a move is a new state."""
+    from nodes.sd import fast
+
+    walks = []
+    real_layout = fast._layout
+    monkeypatch.setattr(fast, "_layout", lambda m: walks.append(1) or real_layout(m))
+    model = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3), torch.nn.Linear(8, 8))
+    cpu = torch.device("cpu")
+    first = fast.prepare_model(model, cpu)
+    assert not any(p.requires_grad for p in model.parameters())  # ready_model ran
+    assert [fast.prepare_model(model, cpu) for _ in range(5)] == [first] * 5 and len(walks) == 1
+    model.to(torch.float64)
+    recast = fast.prepare_model(model, cpu)
+    assert recast != first and len(walks) == 2
+    model.to(torch.float32)  # back: the same layout as at first (walked again unless the allocator reused the storage)
+    assert fast.prepare_model(model, cpu) == first and len(walks) <= 3
 
 
 def test_sdxl_same_picture(sdxl_models_dir, tmp_path, monkeypatch):
