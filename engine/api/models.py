@@ -166,6 +166,12 @@ class ViewQuery(_Loose):
     filename: str = Field(min_length=1, max_length=1024)
     subfolder: str = Field("", max_length=1024)
     type: Literal["output", "input", "temp"] = "output"
+    channel: Literal["rgb", "a", "rgba"] | None = Field(
+        None, description="images only: rgb drops the alpha (PNG), a gives the alpha as the alpha of a black RGBA "
+        "image (PNG), rgba (or none) sends the file as it is")
+    preview: str | None = Field(
+        None, max_length=32, description="images only: 'webp;90' or 'jpeg;75' (format;quality 1..100, default 90) "
+        "re-encodes the image; JPEG with channel a or rgba gives WebP, which keeps the alpha")
 
 
 class UploadForm(_Strict):
@@ -176,6 +182,13 @@ class UploadForm(_Strict):
     subfolder: str = ""
     type: Literal["input", "temp", "output"] = "input"
     overwrite: bool = False
+
+
+class UploadMaskForm(UploadForm):
+    """Multipart fields of ComfyUI's mask upload: `image` is the mask editor's image, whose alpha is kept."""
+
+    original_ref: str = Field(description='JSON {"filename", "subfolder", "type"} of the image the mask belongs '
+                              "to (type input, output (default) or temp; 'name.png [input]' also names the type)")
 
 
 class UploadResult(BaseModel):

@@ -20,11 +20,37 @@ from PIL import Image, ImageOps, PngImagePlugin
 from .files import IMAGE_SUFFIXES, UnsafePath, list_images, safe_join  # noqa: F401  (re-exported)
 
 
+# 16-bit greyscale PNGs, PGMs and TIFFs open in these modes; "I" (32-bit) is what older Pillows gave 16-bit
+# PNGs, so it is read on the same 0..65535 scale (larger values clip to 1).
+HIGH_BIT_GREY = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def _high_bit_grey_to_tensor(img: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
+    """A 16-bit greyscale image at full precision: value / 65535 in all three channels.
+
+    Pillow's own conversion to RGB clips these values at 255 (nearly every pixel white). A tRNS chunk
+    (one transparent grey value) gives the mask, since such images have no alpha channel.
+    """
+    raw = np.asarray(img)
+    grey = np.clip(raw.astype(np.float32) / 65535.0, 0.0, 1.0)
+    image = torch.from_numpy(np.repeat(grey[..., None], 3, axis=-1))[None]
+    key = img.info.get("transparency")
+    if isinstance(key, int):
+        mask = torch.from_numpy((raw == key).astype(np.float32))[None]
+    else:
+        mask = torch.zeros((1, raw.shape[0], raw.shape[1]), dtype=torch.float32)
+    return image, mask
+
+
 def pil_to_tensor(img: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
-    """One PIL image -> (IMAGE [1,H,W,3], MASK [1,H,W]); the mask is 1 - alpha (painted-out = change)."""
+    """One PIL image -> (IMAGE [1,H,W,3], MASK [1,H,W]); the mask is 1 - alpha (painted-out = change).
+
+    16-bit greyscale images keep their precision (value / 65535). 16-bit colour PNGs reach us as 8-bit
+    RGB(A): Pillow has no 16-bit colour mode and keeps the high byte.
+    """
     img = ImageOps.exif_transpose(img)
-    if img.mode == "I":
-        img = img.point(lambda v: v * (1 / 255))
+    if img.mode in HIGH_BIT_GREY:
+        return _high_bit_grey_to_tensor(img)
     rgba = img.convert("RGBA")
     arr = np.asarray(rgba, dtype=np.float32) / 255.0
     image = torch.from_numpy(arr[..., :3].copy())[None]

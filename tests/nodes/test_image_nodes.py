@@ -69,6 +69,82 @@ def test_load_palette_with_transparency_gives_mask(folders):
     assert out.mask[0, 1, 1] == 1.0 and out.mask[0, 0, 0] == 0.0
 
 
+def test_load_palette_with_partial_alpha_entries(folders):
+    """tRNS with one alpha per palette entry (not just one transparent index) gives fractional masks."""
+    img = Image.new("P", (3, 1), 0)
+    img.putpalette([255, 0, 0, 0, 0, 255, 0, 255, 0] + [0] * 759)
+    img.putpixel((1, 0), 1)
+    img.putpixel((2, 0), 2)
+    img.save(folders.input / "pa.png", transparency=bytes([255, 0, 128]))
+    out = N.load_image("pa.png", ctx(folders))
+    assert torch.allclose(out.mask[0, 0], torch.tensor([0.0, 1.0, 1 - 128 / 255]))
+    assert torch.allclose(out.image[0, 0], torch.tensor([[1.0, 0, 0], [0, 0, 1.0], [0, 1.0, 0]]))
+    Image.new("P", (2, 2), 1).save(folders.input / "opaque.png")  # a palette without tRNS: no mask
+    assert torch.count_nonzero(N.load_image("opaque.png", ctx(folders)).mask) == 0
+
+
+def test_load_grey_with_transparent_value_gives_mask(folders):
+    img = Image.new("L", (2, 1), 7)
+    img.putpixel((1, 0), 200)
+    img.save(folders.input / "l.png", transparency=7)
+    out = N.load_image("l.png", ctx(folders))
+    assert out.mask[0, 0].tolist() == [1.0, 0.0]
+
+
+GREY16 = np.array([[0, 1, 255, 256, 257], [1000, 32767, 32768, 65534, 65535]], dtype=np.uint16)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_load_16_bit_greyscale_keeps_its_precision(folders, suffix):
+    Image.fromarray(GREY16).save(folders.input / f"deep{suffix}")
+    with Image.open(folders.input / f"deep{suffix}") as img:
+        assert img.mode == "I;16"  # what Pillow gives; 8-bit conversion of it clips at 255
+    out = N.load_image(f"deep{suffix}", ctx(folders))
+    assert out.image.shape == (1, 2, 5, 3) and out.image.dtype == torch.float32
+    expected = torch.from_numpy(GREY16.astype(np.float64) / 65535.0).float()
+    for c in range(3):
+        torch.testing.assert_close(out.image[0, ..., c], expected, atol=1e-6, rtol=0)
+    assert 0 < out.image[0, 0, 1, 0] < 1 / 255  # finer than 8 bits
+    assert torch.count_nonzero(out.mask) == 0
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I;16B", "I"])
+def test_pil_to_tensor_high_bit_grey_modes(mode):
+    if mode == "I":
+        img = Image.fromarray(GREY16.astype(np.int32))
+    else:
+        img = Image.frombytes(mode, (5, 2), GREY16.astype(">u2" if mode.endswith("B") else "<u2").tobytes())
+    assert img.mode == mode
+    image, mask = IM.pil_to_tensor(img)
+    torch.testing.assert_close(image[0, ..., 1], torch.from_numpy(GREY16 / 65535.0).float(), atol=1e-6, rtol=0)
+    assert mask.shape == (1, 2, 5) and torch.count_nonzero(mask) == 0
+    clipped, _ = IM.pil_to_tensor(Image.fromarray(np.array([[-5, 70000]], dtype=np.int32)))
+    assert clipped[0, 0, :, 0].tolist() == [0.0, 1.0]
+
+
+def test_load_16_bit_greyscale_transparent_value_and_rotation(folders):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise when shown
+    Image.fromarray(GREY16).save(folders.input / "t.png", transparency=1000, exif=exif)
+    out = N.load_image("t.png", ctx(folders))
+    rotated = np.rot90(GREY16, -1)
+    assert out.image.shape == (1, 5, 2, 3)
+    torch.testing.assert_close(out.image[0, ..., 0], torch.from_numpy(rotated / 65535.0).float(), atol=1e-6, rtol=0)
+    assert out.mask[0].tolist() == (rotated == 1000).astype(np.float32).tolist()
+
+
+def test_load_16_bit_colour_png_loads_at_8_bit_precision(folders):
+    """Pillow has no 16-bit colour mode: such PNGs load (high byte kept), within one 8-bit step."""
+    import cv2
+
+    rgb = np.zeros((2, 3, 3), dtype=np.uint16)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 1000, 40000, 65535
+    assert cv2.imwrite(str(folders.input / "rgb16.png"), rgb[..., ::-1])  # OpenCV writes BGR
+    out = N.load_image("rgb16.png", ctx(folders))
+    torch.testing.assert_close(out.image[0], torch.from_numpy(rgb / 65535.0).float(), atol=1 / 255, rtol=0)
+    assert torch.count_nonzero(out.mask) == 0
+
+
 def test_load_missing_file_lists_the_folder(folders):
     Image.new("RGB", (2, 2)).save(folders.input / "there.png")
     with pytest.raises(NodeError) as info:
