@@ -9,7 +9,9 @@ workflow (`(t_long - t_short) / (steps_long - steps_short)`), so set-up costs (t
 compiled-graph lookup, the final copy) drop out. Medians of `--repeats`, all cases in one process.
 
     .venv/bin/python benchmarks/fast_host_overhead.py [--repeats 5] [--steps 10,60] [--size 64]
-        [--backend aot_eager_decomp_partition|inductor|eager] [--json FILE]
+        [--backend aot_eager_decomp_partition|inductor|eager] [--device cpu|cuda] [--only WORDS] [--json FILE]
+
+On a GPU: `--device cuda --backend inductor` (CUDA graphs, as fast mode runs there).
 
 The loom-shapes model (models/) gives the graph; the compiled null step is what `torch.compile` makes of it
 with `--backend` (CPU: no CUDA graphs). The fused path is what the issue's Euler / Euler a / DDIM / DPM++ 2M
@@ -112,11 +114,12 @@ def nullify(ex: Executor, size: int) -> None:
     cn_handle = ex.cache.peek(result.signatures["cn"])["control_net"]
     cn = getattr(cn_handle, "model", cn_handle)
     h, w = ex.cache.peek(result.signatures["lat"])["latent"].samples.shape[-2:]
-    dtype = next(cn.parameters()).dtype
+    weight = next(cn.parameters())
+    like = {"dtype": weight.dtype, "device": weight.device}
     with torch.no_grad():
-        example = cn(torch.zeros(1, 4, h, w, dtype=dtype), torch.tensor(999),
-                     encoder_hidden_states=torch.zeros(1, 16, int(unet.config.cross_attention_dim), dtype=dtype),
-                     controlnet_cond=torch.zeros(1, 3, size, size, dtype=dtype), return_dict=False)
+        example = cn(torch.zeros(1, 4, h, w, **like), torch.tensor(999, device=weight.device),
+                     encoder_hidden_states=torch.zeros(1, 16, int(unet.config.cross_attention_dim), **like),
+                     controlnet_cond=torch.zeros(1, 3, size, size, **like), return_dict=False)
     null_unet(unet)
     null_controlnet(cn, example)
     ex.cache.clear()  # keeps the model cache (nodes.sd.loading), drops the latents made by the real models
@@ -179,6 +182,8 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=64, help="image size in pixels")
     ap.add_argument("--backend", default="aot_eager_decomp_partition",
                     help="torch.compile backend on this machine (inductor: slow C++ compiles on a small CPU)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (on a GPU: --backend inductor, CUDA graphs)")
+    ap.add_argument("--only", default="", help="comma-separated words; run the cases whose label has one of them")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     os.environ["LOOM_FAST_BACKEND"] = args.backend
@@ -186,13 +191,16 @@ def main() -> int:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(models_dir=ROOT / "models", output_dir=Path(tmp), input_dir=ROOT / "workflows" / "input",
-                            device="cpu")
+                            device=args.device)
         settings.user_dir = Path(tmp) / "user"
         ex = Executor(Registry.default(), settings)
         nullify(ex, args.size)
         time_compiled_calls()
         rows = []
+        words = [w.strip().lower() for w in args.only.split(",") if w.strip()]
         for label, fast, kind, scheduler in CASES:
+            if words and not any(w in label.lower() for w in words):
+                continue
             settings.fast = fast
             wf_short, wf_long = (workflow(kind, n, args.size, scheduler) for n in (short, long))
             node_seconds(ex, wf_short), node_seconds(ex, wf_long)  # compiles (fast mode) and warms up

@@ -9,18 +9,20 @@
 # of LOOM_BENCH_BUDGET (default 540 s, the issue's "under 9 minutes"); a case that times out keeps the modes it
 # finished, and the next case still runs. Knobs (environment):
 #   LOOM_BENCH_BUDGET=540      seconds for the whole session (setup and summary included)
-#   LOOM_BENCH_CASES="sd15-b1 sd15-b4 sdxl-b1"   which cases, in order
+#   LOOM_BENCH_CASES="sd15-b1 sd15-b4 sdxl-b1 host"   which cases, in order (host: fast mode's Python work per
+#                              step with null models, benchmarks/fast_host_overhead.py; runs if 40 s are left)
 #   LOOM_BENCH_STEPS=20 LOOM_BENCH_REPEATS=3
 #   LOOM_BENCH_VAE_ALL=0       1: compile the VAE decode in every case (default: in sd15-b1 only, to fit 9 minutes;
 #                              sampling it/s does not depend on it)
-#   LOOM_BENCH_PYTHON=python3  LOOM_BENCH_ARGS="--tiny"   (a CPU dry run of this script elsewhere)
+#   LOOM_BENCH_PYTHON=python3  LOOM_BENCH_ARGS="--tiny"   (a CPU dry run of this script elsewhere, with
+#   LOOM_BENCH_HOST_ARGS="--device cpu --backend aot_eager_decomp_partition")
 set -u
 OUT="${1:?usage: gpu_session.sh OUT_DIR}"
 mkdir -p "$OUT"
 cd "$(dirname "$0")/.." || exit 2
 START=$(date +%s)
 BUDGET="${LOOM_BENCH_BUDGET:-540}"
-CASES="${LOOM_BENCH_CASES:-sd15-b1 sd15-b4 sdxl-b1}"
+CASES="${LOOM_BENCH_CASES:-sd15-b1 sd15-b4 sdxl-b1 host}"
 STEPS="${LOOM_BENCH_STEPS:-20}"
 REPEATS="${LOOM_BENCH_REPEATS:-3}"
 SCRATCH=/tmp/loom-bench
@@ -77,6 +79,7 @@ cap_for() {  # the most a case may take; the last one also gets whatever the oth
     sd15-b1) echo 260 ;;
     sd15-b4) echo 120 ;;
     sdxl-b1) echo 300 ;;
+    host) echo 90 ;;
     *) echo 200 ;;
   esac
 }
@@ -89,6 +92,14 @@ for CASE in $CASES; do
   if [ "$t" -lt 40 ]; then
     stamp "### $CASE: skipped, ${left}s left of the ${BUDGET}s budget"
     echo "{\"case\": \"$CASE\", \"mode\": \"all modes\", \"skipped\": \"session budget spent (${left}s left)\"}" >> "$OUT/$CASE.jsonl"
+    continue
+  fi
+  if [ "$CASE" = "host" ]; then  # fast mode's host work per step with null models (benchmarks/fast_host_overhead.py)
+    stamp "### host: start, at most ${t}s"
+    # shellcheck disable=SC2086
+    timeout -k 10 "$t" $PY benchmarks/fast_host_overhead.py ${LOOM_BENCH_HOST_ARGS:---device cuda --backend inductor} --repeats 3 \
+        --only "default mode: sample,euler (fused),edited body" --json "$OUT/host.json"
+    stamp "### host: done (exit $?)"
     continue
   fi
   vae=1
