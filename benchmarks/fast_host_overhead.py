@@ -15,8 +15,10 @@ On a GPU: `--device cuda --backend inductor` (CUDA graphs, as fast mode runs the
 
 The loom-shapes model (models/) gives the graph; the compiled null step is what `torch.compile` makes of it
 with `--backend` (CPU: no CUDA graphs). The fused path is what the issue's Euler / Euler a / DDIM / DPM++ 2M
-run; "stage-wise" is the fallback for other samplers and ControlNet; the edited loop body runs in the
-engine's loop, one body node after another.
+run, ControlNets included; "stage-wise" is the fallback for other samplers (UNet and ControlNet compiled
+apart, diffusers' own step() between); an edited loop body runs in the engine's loop, one node after another.
+"ours" is everything but the time inside compiled callables: on a GPU those return once the graph replay is
+queued, so "ours" is what must stay under the issue's 0.3 ms.
 """
 
 from __future__ import annotations
@@ -135,7 +137,8 @@ CASES = [  # (label, fast, kind, scheduler)
     ("fast: DenoiseLoop, default body (fused)", True, "loop", "euler"),
     ("fast: DenoiseLoop, edited body (engine loop)", True, "loop-edited", "euler"),
     ("fast: Sample, UniPC (stage-wise)", True, "sample", "unipc"),
-    ("fast: Sample + ControlNet (stage-wise)", True, "controlnet", "euler"),
+    ("fast: Sample + ControlNet, Euler (fused)", True, "controlnet", "euler"),
+    ("fast: Sample + ControlNet, UniPC (stage-wise)", True, "controlnet", "unipc"),
 ]
 
 
@@ -183,7 +186,7 @@ def main() -> int:
     ap.add_argument("--backend", default="aot_eager_decomp_partition",
                     help="torch.compile backend on this machine (inductor: slow C++ compiles on a small CPU)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (on a GPU: --backend inductor, CUDA graphs)")
-    ap.add_argument("--only", default="", help="comma-separated words; run the cases whose label has one of them")
+    ap.add_argument("--only", default="", help="'|'-separated parts of case labels: run only the cases whose label has one")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     os.environ["LOOM_FAST_BACKEND"] = args.backend
@@ -197,7 +200,7 @@ def main() -> int:
         nullify(ex, args.size)
         time_compiled_calls()
         rows = []
-        words = [w.strip().lower() for w in args.only.split(",") if w.strip()]
+        words = [w.strip().lower() for w in args.only.split("|") if w.strip()]
         for label, fast, kind, scheduler in CASES:
             if words and not any(w in label.lower() for w in words):
                 continue

@@ -98,7 +98,7 @@ for CASE in $CASES; do
     stamp "### host: start, at most ${t}s"
     # shellcheck disable=SC2086
     timeout -k 10 "$t" $PY benchmarks/fast_host_overhead.py ${LOOM_BENCH_HOST_ARGS:---device cuda --backend inductor} --repeats 3 \
-        --only "default mode: sample,euler (fused),edited body" --json "$OUT/host.json"
+        --only "default mode: sample|euler (fused)|edited body|controlnet, euler" --json "$OUT/host.json"
     stamp "### host: done (exit $?)"
     continue
   fi

@@ -444,16 +444,21 @@ def residuals_for_step(positive: Conditioning, negative: Conditioning | None, st
     return run
 
 
+def check_hint(cn: ControlNetHandle, text_width: int, sdxl: bool, channels: int) -> None:
+    """The ControlNet fits the UNet being sampled (text width, SDXL conditioning, latent channels)."""
+    if text_width != cn.text_width:
+        raise NodeError(f"ControlNet {cn.source} is for {cn.describe()}, but the UNet is being run with text width "
+                        f"{text_width}: use a ControlNet made for the checkpoint's model family")
+    if cn.is_sdxl and not sdxl:
+        raise NodeError(f"ControlNet {cn.source} is for {cn.describe()}, but the UNet being sampled is not SDXL")
+    if channels < cn.in_channels:
+        raise NodeError(f"ControlNet {cn.source} takes {cn.in_channels} latent channels, the UNet input has {channels}")
+
+
 def _one(hint: ControlHint, x: torch.Tensor, t: Any, embeds: torch.Tensor, added: dict | None, both: bool,
          scale: float, devices: Any) -> tuple[list[torch.Tensor], torch.Tensor]:
     cn: ControlNetHandle = hint.controlnet
-    if embeds.shape[-1] != cn.text_width:
-        raise NodeError(f"ControlNet {cn.source} is for {cn.describe()}, but the UNet is being run with text width "
-                        f"{embeds.shape[-1]}: use a ControlNet made for the checkpoint's model family")
-    if cn.is_sdxl and not added:
-        raise NodeError(f"ControlNet {cn.source} is for {cn.describe()}, but the UNet being sampled is not SDXL")
-    if x.shape[1] < cn.in_channels:
-        raise NodeError(f"ControlNet {cn.source} takes {cn.in_channels} latent channels, the UNet input has {x.shape[1]}")
+    check_hint(cn, embeds.shape[-1], bool(added), x.shape[1])
     x = x[:, :cn.in_channels]
     rows = x.shape[0] // 2 if both else x.shape[0]
     height, width = x.shape[-2] * cn.downscale, x.shape[-1] * cn.downscale

@@ -31,7 +31,7 @@ import time
 import types
 import weakref
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace as dc_replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -544,6 +544,7 @@ class Recipe:
     noise: bool  # a fresh noise tensor per step (Euler a; DDIM with eta > 0)
     history: bool  # the previous data prediction is carried (DPM++ 2M)
     solver: str = "midpoint"  # DPM++ 2M second-order variant
+    controls: tuple[tuple[str, int], ...] = ()  # per ControlNet: (rows it sees: both | pos | neg, latent channels)
 
 
 def _x0_from_sigma(prediction: str, sample: torch.Tensor, e: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -679,21 +680,94 @@ def make_step(recipe: Recipe) -> Callable[..., tuple[torch.Tensor, Any]]:
     """The whole denoise step as one function of tensors (compiled and captured as one graph)."""
     update = scheduler_update(recipe)
     scale_input = recipe.kind in ("euler", "euler_a")
-    use_cfg, use_rescale = recipe.cfg, recipe.rescale
+    use_cfg, use_rescale, controls = recipe.cfg, recipe.rescale, recipe.controls
 
     def fused_step(unet: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor, embeds: torch.Tensor,
                    text_embeds: Any, time_ids: Any, inpaint: Any, cfg: torch.Tensor, rescale: torch.Tensor,
-                   noise: Any, prev: Any) -> tuple[torch.Tensor, Any]:
+                   noise: Any, prev: Any, controlnets: tuple = (), hints: tuple = (),
+                   strengths: Any = None) -> tuple[torch.Tensor, Any]:
         model_in = torch.cat([x] * 2) if use_cfg else x
         if scale_input:  # Euler's scale_model_input
             model_in = model_in / ((c[0] ** 2 + 1) ** 0.5)
         if inpaint is not None:
             model_in = torch.cat([model_in, inpaint], dim=1)
         added = {"text_embeds": text_embeds, "time_ids": time_ids} if text_embeds is not None else None
-        out = unet(model_in, t, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False)[0]
+        residuals = {}
+        if controls:
+            residuals = dict(zip(("down_block_additional_residuals", "mid_block_additional_residual"),
+                                 _control_residuals(controls, controlnets, hints, strengths, model_in, t, embeds,
+                                                    added, use_cfg)))
+        out = unet(model_in, t, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False,
+                   **residuals)[0]
         return update(x, _guide(out, cfg, rescale, use_cfg, use_rescale), c, noise, prev)
 
     return fused_step
+
+
+def _control_residuals(controls: tuple, controlnets: tuple, hints: tuple, strengths: torch.Tensor,
+                       model_in: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor, added: Any,
+                       use_cfg: bool) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """controlnet.residuals_for_step inside the graph: every ControlNet on its rows of the batch, scaled by its
+    strength for this step (0 outside its start/end window: it still runs, adding exact zeros), summed."""
+    half = model_in.shape[0] // 2
+    down_sum: list[torch.Tensor] | None = None
+    mid_sum: Any = None
+    for j, (side, channels) in enumerate(controls):
+        rows = slice(None) if not use_cfg or side == "both" else slice(half, None) if side == "pos" else slice(0, half)
+        extra = {k: v[rows] for k, v in added.items()} if added is not None else None
+        down, mid = controlnets[j](model_in[rows, :channels], t, encoder_hidden_states=embeds[rows],
+                                   controlnet_cond=hints[j], conditioning_scale=1.0, guess_mode=False,
+                                   added_cond_kwargs=extra, return_dict=False)
+        scale = strengths[j]
+        down, mid = [d * scale for d in down], mid * scale
+        if use_cfg and side != "both":  # the other half of the batch gets nothing from this one
+            pad = lambda r: torch.cat([r, torch.zeros_like(r)] if side == "neg" else [torch.zeros_like(r), r])  # noqa: E731
+            down, mid = [pad(d) for d in down], pad(mid)
+        if down_sum is None:
+            down_sum, mid_sum = list(down), mid
+        else:
+            down_sum = [a + b for a, b in zip(down_sum, down)]
+            mid_sum = mid_sum + mid
+    assert down_sum is not None
+    return down_sum, mid_sum
+
+
+@dataclass
+class FusedControls:
+    """The ControlNets of one sampling run, ready for the fused step: their handles (placed for the whole loop),
+    hint images on the device, and each step's strengths ([steps, controlnets], float32)."""
+
+    plan: tuple[tuple[str, int], ...]
+    handles: list[Any]
+    hints: tuple[torch.Tensor, ...]
+    strengths: torch.Tensor
+
+
+def fused_controls(positive: Any, neg: Any, state: Any, x: torch.Tensor, embeds_width: int, sdxl: bool,
+                   channels: int, use_cfg: bool) -> tuple[FusedControls | None, str]:
+    """The run's ControlNets for the fused step, or (None, why not). A ControlNet that does not fit the UNet
+    raises the default path's error (controlnet.check_hint)."""
+    from .controlnet import check_hint, keep_factor, plan_hints, prepared_image
+
+    plan = [(h, side) for h, side in plan_hints(positive, neg) if h.strength != 0.0 and (use_cfg or side != "neg")]
+    if not plan:
+        return None, ""
+    n = len(state.timesteps)
+    total = int(getattr(state, "total", 0) or n)
+    b, h, w = x.shape[0], x.shape[-2], x.shape[-1]
+    parts, handles, hints, strengths = [], [], [], []
+    for hint, side in plan:
+        cn = hint.controlnet
+        check_hint(cn, embeds_width, sdxl, channels)
+        if getattr(cn.config, "global_pool_conditions", False):
+            return None, "guess-mode ControlNet"
+        image = prepared_image(hint, h * cn.downscale, w * cn.downscale, b, x.device, x.dtype)
+        hints.append(torch.cat([image] * 2) if use_cfg and side == "both" else image)
+        parts.append((side, int(cn.in_channels)))
+        handles.append(cn)
+        strengths.append([float(hint.strength) * keep_factor(hint, i, total) for i in range(n)])
+    table = torch.tensor(strengths, dtype=torch.float32).T.contiguous()
+    return FusedControls(tuple(parts), handles, tuple(hints), table), ""
 
 
 def fused_recipe(state: Any, use_cfg: bool, rescale: float) -> tuple[Recipe | None, str]:
@@ -857,16 +931,25 @@ def sample(unet: Any, positive: Any, negative: Any, latent: Any, noise_spec: Any
     use_cfg = uses_cfg(cfg, negative)
     neg = negative if use_cfg else None
     notify = Notifier(ctx)
-    controlled = bool(positive.controls) or bool(neg is not None and neg.controls)
     recipe, why = fused_recipe(state, use_cfg, guidance_rescale)
+    controls = None
+    if recipe is not None and (positive.controls or (neg is not None and neg.controls)):
+        channels = int(unet.in_channels)
+        width = int(positive.embeds.shape[-1])
+        controls, why = fused_controls(positive, neg, state, x, width, unet.is_sdxl, channels, use_cfg)
+        if controls is None and why:
+            recipe = None
+        elif controls is not None:
+            recipe = dc_replace(recipe, controls=controls.plan)
     t0 = time.perf_counter()
-    if recipe is not None and not controlled:
-        out = _fused_loop(recipe, unet, positive, neg, latent, state, x, cfg, guidance_rescale, devices, ctx, notify)
+    if recipe is not None:
+        out = _fused_loop(recipe, unet, positive, neg, latent, state, x, cfg, guidance_rescale, devices, ctx, notify,
+                          controls)
         if out is not None:
             return latent.with_samples(out.cpu())
         path, runner = "eager", None  # the fused step failed to compile: the default code, default speed
     else:
-        log.debug("fast mode: stage-wise sampling (%s)", "ControlNet" if controlled else why)
+        log.debug("fast mode: stage-wise sampling (%s)", why)
         path, runner = "stagewise", unet_runner(ctx)
     x = _stagewise_loop(unet, positive, neg, latent, state, x, cfg, guidance_rescale, devices, ctx, runner,
                         FastDevices(devices, notify) if runner is not None else devices)
@@ -899,7 +982,8 @@ def _stagewise_loop(unet: Any, positive: Any, neg: Any, latent: Any, state: Any,
 
 
 def _fused_loop(recipe: Recipe, unet: Any, positive: Any, neg: Any, latent: Any, state: Any, x: torch.Tensor,
-                cfg: float, rescale: float, devices: Any, ctx: Any, notify: Notifier) -> torch.Tensor | None:
+                cfg: float, rescale: float, devices: Any, ctx: Any, notify: Notifier,
+                controls: FusedControls | None = None) -> torch.Tensor | None:
     """Run every step as one compiled call; None when the step cannot be compiled for this shape (nothing
     of the sampling state has been touched then, so the caller can run the default loop instead)."""
     from .patching import applied
@@ -924,11 +1008,16 @@ def _fused_loop(recipe: Recipe, unet: Any, positive: Any, neg: Any, latent: Any,
     label = f"UNet for {w}x{h} batch {b}"
     t_start = time.perf_counter()
     compiled_s = 0.0
-    with torch.no_grad(), applied(unet, devices) as model, _backend_flags(device):
+    with torch.no_grad(), applied(unet, devices) as model, _backend_flags(device), contextlib.ExitStack() as stack:
+        controlnets = tuple(stack.enter_context(devices.use(c.model)) for c in controls.handles) if controls else ()
+        strengths = [row.clone() for row in controls.strengths.to(device)] if controls else [None] * n
+        hints = controls.hints if controls else ()
         key = ("step", id(model), recipe, _signature((x, times[0], consts[0], embeds, text_embeds, time_ids, inpaint)),
-               prepare_model(model, device), str(device), opts)
+               prepare_model(model, device), str(device), opts,
+               tuple((id(m), prepare_model(m, device)) for m in controlnets), _signature(hints))
         dummy_noise = torch.zeros_like(x) if recipe.noise else None
-        args0 = (model, x, times[0], consts[0], embeds, text_embeds, time_ids, inpaint, cfg_t, rescale_t, dummy_noise, prev)
+        args0 = (model, x, times[0], consts[0], embeds, text_embeds, time_ids, inpaint, cfg_t, rescale_t, dummy_noise, prev,
+                 controlnets, hints, strengths[0])
         hits = STATS["hits"]
         entry = obtain(key, model, label, lambda: make_step(recipe), lambda fn: _warm(fn, args0, {}, opts), device, notify)
         if STATS["hits"] == hits:
@@ -949,7 +1038,7 @@ def _fused_loop(recipe: Recipe, unet: Any, positive: Any, neg: Any, latent: Any,
         for i in range(n):
             _mark_step(opts)
             x_next, m = fn(model, x, times[i], consts[i], embeds, text_embeds, time_ids, inpaint, cfg_t, rescale_t,
-                           noises[i], prev)
+                           noises[i], prev, controlnets, hints, strengths[i])
             if entry.cudagraphs:  # graph outputs are overwritten by the next replay
                 x_next = x_next.clone()
                 m = m.clone() if m is not None else None

@@ -255,8 +255,22 @@ def test_controlnet_same_picture_in_sample_and_in_an_edited_loop_body(ex, models
         return nodes
 
     a, b, _ = default_and_fast(ex, controlled(txt2img_nodes("tiny-sd15", steps=4, seed=3, cfg=3.0), "sample"))
-    assert fast.LAST_RUN["path"] == "stagewise"
+    assert fast.LAST_RUN["path"] == "fused"  # the ControlNet runs inside the compiled step
     assert psnr(a, b) >= MIN_PSNR
+    # stacked: the positive-only one above plus one on both sides for the middle half of the steps only
+    nodes = controlled(txt2img_nodes("tiny-sd15", steps=4, seed=3, cfg=3.0), "sample")
+    nodes["both"] = {"type": "ApplyControlNetAdvanced", "inputs": {
+        "positive": L("apply", "conditioning"), "negative": L("neg", "conditioning"), "control_net": L("cn", "control_net"),
+        "image": L("hint", "image"), "strength": 1.2, "start_percent": 0.25, "end_percent": 0.75}}
+    nodes["sample"]["inputs"].update(positive=L("both", "positive"), negative=L("both", "negative"))
+    e, f, _ = default_and_fast(ex, nodes)
+    assert fast.LAST_RUN["path"] == "fused"
+    assert psnr(e, f) >= MIN_PSNR and psnr(a, e) < MIN_PSNR  # the second ControlNet changed the picture
+    # another sampler runs stage-wise: ControlNet and UNet compiled separately
+    g, h, _ = default_and_fast(ex, controlled(txt2img_nodes("tiny-sd15", steps=4, seed=3, cfg=3.0,
+                                                            scheduler="unipc"), "sample"))
+    assert fast.LAST_RUN["path"] == "stagewise"
+    assert psnr(g, h) >= MIN_PSNR
     assert any(k[1] == "ControlNet" for k in fast._cache if k[0] == "module")
     body = copy.deepcopy(DEFAULT_DENOISE_BODY)
     body["nodes"]["guide"]["inputs"]["cfg"] = 3.0
@@ -264,9 +278,16 @@ def test_controlnet_same_picture_in_sample_and_in_an_edited_loop_body(ex, models
     walks = []  # a walk over every weight costs 1-3 ms on a full-size UNet: never once per step
     real_layout = fast._layout
     monkeypatch.setattr(fast, "_layout", lambda m: walks.append(type(m).__name__) or real_layout(m))
-    c, d, events = default_and_fast(ex, controlled(loop_nodes("tiny-sd15", steps=4, seed=3, body=body), "loop"))
-    assert fast.STATS["compiles"] == before  # the body's calls have the shapes Sample compiled for
+    loop = controlled(loop_nodes("tiny-sd15", steps=4, seed=3, body=body), "loop")
+    c, d, events = default_and_fast(ex, loop)
+    assert fast.STATS["compiles"] - before <= 2  # the UNet and the ControlNet, for Euler's float timesteps
     assert len(walks) <= 3, walks  # 4 steps x (UNet + ControlNet) without the memo
+    before = fast.STATS["compiles"]
+    ex.settings.fast = True
+    ex.cache.clear()
+    assert ex.run(wf(loop)).status == "success"
+    ex.settings.fast = False
+    assert fast.STATS["compiles"] == before  # compiled once, reused
     assert psnr(c, d) >= MIN_PSNR and psnr(a, c) >= MIN_PSNR
 
 
