@@ -177,23 +177,11 @@ def test_txt2img_same_picture_compile_announced_and_reused(ex):
 
 def test_lora_same_picture_without_recompiling(ex, models_dir):
     pytest.importorskip("nodes.lora")
-    from safetensors.torch import save_file
-
     from nodes.sd import fast
     from nodes.sd.loading import load_checkpoint
 
     unet = load_checkpoint(models_dir / "checkpoints" / "tiny-sd15").unet
-    g = gen(5)
-    sd = {}
-    for name, m in unet.named_modules():
-        if name.endswith(("to_q", "to_v", "to_out.0")):
-            key = "lora_unet_" + name.replace(".", "_")
-            sd[f"{key}.lora_down.weight"] = torch.randn(4, m.weight.shape[1], generator=g) * 0.3
-            sd[f"{key}.lora_up.weight"] = torch.randn(m.weight.shape[0], 4, generator=g) * 0.3
-            sd[f"{key}.alpha"] = torch.tensor(4.0)
-    folder = models_dir / "loras"
-    folder.mkdir(exist_ok=True)
-    save_file(sd, str(folder / "fast-test.safetensors"))
+    _kohya_lora(unet, models_dir / "loras" / "fast-test.safetensors", seed=5)
     nodes = txt2img_nodes("tiny-sd15", steps=6, seed=3, scheduler="dpmpp_2m")
     nodes["lora"] = {"type": "LoadLoraModelOnly", "inputs": {"unet": L("ckpt", "unet"), "name": "fast-test.safetensors"}}
     nodes["sample"]["inputs"]["unet"] = L("lora", "unet")
@@ -227,7 +215,7 @@ def test_controlnet_same_picture_in_sample_and_in_an_edited_loop_body(ex, models
     pytest.importorskip("nodes.control")
     import copy
 
-    from diffusers import ControlNetModel, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
 
     from nodes.sampling import DEFAULT_DENOISE_BODY
     from nodes.sd import fast
@@ -235,14 +223,7 @@ def test_controlnet_same_picture_in_sample_and_in_an_edited_loop_body(ex, models
     folder = models_dir / "controlnet" / "fast-test-cn"
     if not folder.exists():
         unet = UNet2DConditionModel.from_pretrained(str(models_dir / "checkpoints" / "tiny-sd15"), subfolder="unet")
-        torch.manual_seed(0)
-        cn = ControlNetModel.from_unet(unet)
-        g = gen(9)
-        with torch.no_grad():  # a fresh ControlNet adds exactly zero: make it do something
-            for name, p in cn.named_parameters():
-                if name.startswith(("controlnet_down_blocks", "controlnet_mid_block", "controlnet_cond_embedding.conv_out")):
-                    p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-        cn.save_pretrained(str(folder))
+        _working_controlnet(unet, folder, seed=9)
     _IMAGES["edges"] = (torch.rand(1, 64, 64, 3, generator=gen(11)) > 0.7).float()
 
     def controlled(nodes: dict, sampler: str) -> dict:
@@ -311,15 +292,78 @@ def test_model_preparation_is_memoised_per_weights_state(monkeypatch):
     assert fast.prepare_model(model, cpu) == first and len(walks) <= 3
 
 
+def _kohya_lora(unet: torch.nn.Module, path: Path, seed: int) -> None:
+    """A random kohya-style LoRA on the attention projections of `unet`."""
+    from safetensors.torch import save_file
+
+    g = gen(seed)
+    sd = {}
+    for name, m in unet.named_modules():
+        if name.endswith(("to_q", "to_v", "to_out.0")):
+            key = "lora_unet_" + name.replace(".", "_")
+            sd[f"{key}.lora_down.weight"] = torch.randn(4, m.weight.shape[1], generator=g) * 0.3
+            sd[f"{key}.lora_up.weight"] = torch.randn(m.weight.shape[0], 4, generator=g) * 0.3
+            sd[f"{key}.alpha"] = torch.tensor(4.0)
+    path.parent.mkdir(exist_ok=True)
+    save_file(sd, str(path))
+
+
+def _working_controlnet(unet: torch.nn.Module, folder: Path, seed: int) -> None:
+    """ControlNetModel.from_unet with its zero-initialised output layers made non-zero (a fresh one adds 0)."""
+    from diffusers import ControlNetModel
+
+    torch.manual_seed(0)
+    cn = ControlNetModel.from_unet(unet)
+    g = gen(seed)
+    with torch.no_grad():
+        for name, p in cn.named_parameters():
+            if name.startswith(("controlnet_down_blocks", "controlnet_mid_block", "controlnet_cond_embedding.conv_out")):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    cn.save_pretrained(str(folder))
+
+
 def test_sdxl_same_picture(sdxl_models_dir, tmp_path, monkeypatch):
-    """SDXL (pooled text embeddings and size conditioning inside the graph), Euler."""
+    """SDXL (pooled text embeddings and size conditioning inside the graph), Euler: txt2img, then img2img, a LoRA
+    and a ControlNet (with SDXL's added conditioning on its rows of the batch)."""
+    pytest.importorskip("nodes.lora")
     from nodes.sd import fast
+    from nodes.sd.loading import load_checkpoint
 
     monkeypatch.setenv("LOOM_FAST_VAE", "0")  # the VAE graph is covered above; keep the test short
     ex = _ex(sdxl_models_dir, tmp_path)
-    a, b, _ = default_and_fast(ex, txt2img_nodes("tiny-sdxl", steps=4))
+    plain, b, _ = default_and_fast(ex, txt2img_nodes("tiny-sdxl", steps=4))
     assert fast.LAST_RUN["path"] == "fused"
-    assert psnr(a, b) >= MIN_PSNR
+    assert psnr(plain, b) >= MIN_PSNR
+
+    _IMAGES["sdxl-img"] = torch.rand(1, 64, 64, 3, generator=gen(4))
+    nodes = txt2img_nodes("tiny-sdxl", steps=4)
+    nodes["img"] = {"type": "FastTestImage", "inputs": {"key": "sdxl-img"}}
+    nodes["enc"] = {"type": "VAEEncode", "inputs": {"vae": L("ckpt", "vae"), "image": L("img", "image")}}
+    nodes["sample"]["inputs"].update(latent=L("enc", "latent"), denoise=0.6)
+    a, b, _ = default_and_fast(ex, nodes)
+    assert fast.LAST_RUN["path"] == "fused" and psnr(a, b) >= MIN_PSNR
+
+    unet = load_checkpoint(sdxl_models_dir / "checkpoints" / "tiny-sdxl").unet
+    _kohya_lora(unet, sdxl_models_dir / "loras" / "fast-test-sdxl.safetensors", seed=6)
+    nodes = txt2img_nodes("tiny-sdxl", steps=4)
+    nodes["lora"] = {"type": "LoadLoraModelOnly", "inputs": {"unet": L("ckpt", "unet"), "name": "fast-test-sdxl.safetensors"}}
+    nodes["sample"]["inputs"]["unet"] = L("lora", "unet")
+    a, b, _ = default_and_fast(ex, nodes)
+    assert fast.LAST_RUN["path"] == "fused" and psnr(a, b) >= MIN_PSNR and psnr(plain, a) < 35
+
+    folder = sdxl_models_dir / "controlnet" / "fast-test-cn-sdxl"
+    if not folder.exists():
+        _working_controlnet(unet, folder, seed=9)
+    _IMAGES["sdxl-edges"] = (torch.rand(1, 64, 64, 3, generator=gen(12)) > 0.7).float()
+    nodes = txt2img_nodes("tiny-sdxl", steps=4)
+    nodes["cn"] = {"type": "LoadControlNet", "inputs": {"name": "fast-test-cn-sdxl"}}
+    nodes["hint"] = {"type": "FastTestImage", "inputs": {"key": "sdxl-edges"}}
+    nodes["apply"] = {"type": "ApplyControlNetAdvanced", "inputs": {
+        "positive": L("pos", "conditioning"), "negative": L("neg", "conditioning"), "control_net": L("cn", "control_net"),
+        "image": L("hint", "image"), "strength": 0.9}}
+    nodes["sample"]["inputs"].update(positive=L("apply", "positive"), negative=L("apply", "negative"))
+    a, b, _ = default_and_fast(ex, nodes)
+    assert fast.LAST_RUN["path"] == "fused" and psnr(a, b) >= MIN_PSNR and psnr(plain, a) < 35
 
 
 # ------------------------------------------------------------------------------------------------------------
