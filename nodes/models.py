@@ -29,8 +29,9 @@ def load_checkpoint(
     ctx: NodeContext,
     prediction_type: Literal["auto", "epsilon", "v_prediction"] = "auto",
 ) -> CheckpointOutputs:
-    """Load a Stable Diffusion checkpoint (SD 1.x, 2.x, XL) from models/checkpoints: a diffusers folder
-    or a single .safetensors file. The architecture is detected from the weights; nothing is downloaded."""
+    """Load a Stable Diffusion checkpoint (SD 1.x, 2.x, XL, their inpainting models, the XL refiner) from
+    models/checkpoints: a diffusers folder or a single .safetensors file. The architecture is detected from the
+    weights; nothing is downloaded."""
     from nodes.sd.models import load_checkpoint_handles
 
     path = resolve_model(ctx.settings, "checkpoints", name)

@@ -1,4 +1,5 @@
-"""Text nodes: tokenize, encode (clip skip, `(word:1.2)` weights, 77-token windows), SDXL sizes."""
+"""Text nodes: tokenize, encode (clip skip, `(word:1.2)` weights, 77-token windows), SDXL sizes and the
+refiner's aesthetic score."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def encode_tokens(text_encoder: TEXT_ENCODER, tokens: TOKENS, ctx: NodeContext, 
 @node(category="conditioning", output_name="conditioning")
 def encode_text(text_encoder: TEXT_ENCODER, ctx: NodeContext, text: Annotated[str, Widget(multiline=True)] = "",
                 clip_skip: ClipSkip = 0) -> CONDITIONING:
-    """Tokenize and encode a prompt in one node (SD 1.x, 2.x and XL)."""
+    """Tokenize and encode a prompt in one node (SD 1.x, 2.x, XL and the XL refiner)."""
     from nodes.sd.encode import encode_text as run
 
     return run(text_encoder, text, ctx.settings.devices(), clip_skip or text_encoder.clip_skip)
@@ -47,15 +48,23 @@ def set_clip_skip(text_encoder: TEXT_ENCODER, clip_skip: ClipSkip = 1) -> TEXT_E
 Size = Annotated[int, Field(0, ge=0, le=16384, description="0 = the size being generated")]
 
 
+AestheticScore = Annotated[float, Field(0.0, ge=0.0, le=10.0, description=(
+    "SDXL refiner only (it replaces the target size): 0 = diffusers' default, 6.0 on a positive and 2.5 on a "
+    "negative prompt")), Widget(step=0.1)]
+
+
 @node(category="conditioning", name="SDXLSizeConditioning", output_name="conditioning")
 def sdxl_size_conditioning(conditioning: CONDITIONING, original_width: Size = 0, original_height: Size = 0,
                            crop_left: Annotated[int, Field(0, ge=0, le=16384)] = 0,
                            crop_top: Annotated[int, Field(0, ge=0, le=16384)] = 0,
-                           target_width: Size = 0, target_height: Size = 0) -> CONDITIONING:
-    """SDXL's micro-conditioning on image size and crop (Podell et al. 2023, section 2.2)."""
+                           target_width: Size = 0, target_height: Size = 0,
+                           aesthetic_score: AestheticScore = 0.0) -> CONDITIONING:
+    """SDXL's micro-conditioning on image size and crop (Podell et al. 2023, section 2.2); the refiner
+    conditions on an aesthetic score instead of the target size (its time ids: original size, crop, score)."""
     orig = (original_height, original_width) if original_width and original_height else None
     target = (target_height, target_width) if target_width and target_height else None
-    return replace(conditioning, original_size=orig, crop_coords=(crop_top, crop_left), target_size=target)
+    return replace(conditioning, original_size=orig, crop_coords=(crop_top, crop_left), target_size=target,
+                   aesthetic_score=aesthetic_score or None)
 
 
 @node(category="conditioning", output_name="conditioning")

@@ -60,7 +60,24 @@ TINY_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
         "text_encoder_2": {**_TINY_CLIP, "hidden_size": 64, "hidden_act": "gelu", "projection_dim": 64},
     },
 }
-TINY_OVERRIDES["sd15-inpaint"] = {**TINY_OVERRIDES["sd15"], "unet": {**TINY_OVERRIDES["sd15"]["unet"], "in_channels": 9}}
+TINY_OVERRIDES["sdxl-refiner"] = {
+    # OpenCLIP-G only (width 64 here): context 64, add-embedding 5 time ids x 8 + pooled 64 (refiner: 5 x 256 + 1280)
+    "unet": {"sample_size": 8, "block_out_channels": [32, 64], "layers_per_block": 1, "cross_attention_dim": 64,
+             "attention_head_dim": [2, 4], "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+             "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"], "transformer_layers_per_block": [1, 2],
+             "addition_time_embed_dim": 8, "projection_class_embeddings_input_dim": 5 * 8 + 64},
+    "vae": {**_TINY_VAE, "sample_size": 64},
+    "text_encoder_2": TINY_OVERRIDES["sdxl"]["text_encoder_2"],
+}
+
+
+def _nine_channels(overrides: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {**overrides, "unet": {**overrides["unet"], "in_channels": 9}}
+
+
+TINY_OVERRIDES["sd15-inpaint"] = _nine_channels(TINY_OVERRIDES["sd15"])
+TINY_OVERRIDES["sd2-inpaint"] = _nine_channels(TINY_OVERRIDES["sd2-v"])
+TINY_OVERRIDES["sdxl-inpaint"] = _nine_channels(TINY_OVERRIDES["sdxl"])
 
 # --- narrow single files: real topology, narrow widths; heads chosen as the loader guesses them -------------
 # Channel ratios as in the real models (1:2:4:4), so the same resnets need a shortcut conv and the key sets match.
@@ -91,9 +108,18 @@ NARROW_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
                            "projection_dim": 64},
     },
 }
+NARROW_OVERRIDES["sdxl-refiner"] = {
+    # 4 levels 1:2:4:4 as 384/768/1536/1536, attention (4 blocks deep) at levels 1-2 and in the middle
+    "unet": {"block_out_channels": [16, 32, 64, 64], "norm_num_groups": 16, "cross_attention_dim": 64,
+             "attention_head_dim": [2, 4, 1, 1], "addition_time_embed_dim": 8,
+             "projection_class_embeddings_input_dim": 5 * 8 + 64, "sample_size": 8},
+    "vae": _NARROW_VAE,
+    "text_encoder_2": NARROW_OVERRIDES["sdxl"]["text_encoder_2"],  # 32 layers, as OpenCLIP-G
+}
 NARROW_OVERRIDES["sd2-v"] = NARROW_OVERRIDES["sd2"]
-NARROW_OVERRIDES["sd15-inpaint"] = {**NARROW_OVERRIDES["sd15"],
-                                    "unet": {**NARROW_OVERRIDES["sd15"]["unet"], "in_channels": 9}}
+NARROW_OVERRIDES["sd15-inpaint"] = _nine_channels(NARROW_OVERRIDES["sd15"])
+NARROW_OVERRIDES["sd2-inpaint"] = _nine_channels(NARROW_OVERRIDES["sd2"])
+NARROW_OVERRIDES["sdxl-inpaint"] = _nine_channels(NARROW_OVERRIDES["sdxl"])
 
 
 def configs_with(arch: str, overrides: Overrides) -> dict[str, dict[str, Any]]:
@@ -150,13 +176,17 @@ def _save_folder(arch: str, folder: str | Path, seed: int) -> Path:
     configs = configs_with(arch, overrides)
     unet, vae, encoders = build_models(arch, overrides, seed)
     parts: dict[str, Any] = {"unet": unet, "vae": vae, "scheduler": _scheduler(configs["scheduler"])}
-    for name, tok_name, encoder, (kind, _) in zip(TEXT_ENCODER_NAMES, ("tokenizer", "tokenizer_2"), encoders,
-                                                   lc.TEXT_ENCODER_LAYOUT[arch]):
+    index = configs["model_index"]
+    xl = "XL" in index["_class_name"]
+    if xl:  # the refiner has no text_encoder / tokenizer
+        parts.update(text_encoder=None, tokenizer=None, **{k: index[k] for k in (
+            "requires_aesthetics_score", "force_zeros_for_empty_prompt") if k in index})
+    for name, encoder, (kind, _) in zip(lc.text_encoder_names(arch), encoders, lc.TEXT_ENCODER_LAYOUT[arch]):
         parts[name] = encoder
-        parts[tok_name] = make_tokenizer(kind, encoder.config.max_position_embeddings)
-    if arch != "sdxl":
+        parts[name.replace("text_encoder", "tokenizer")] = make_tokenizer(kind, encoder.config.max_position_embeddings)
+    if not xl:
         parts.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe = getattr(diffusers, configs["model_index"]["_class_name"])(**parts)
+    pipe = getattr(diffusers, index["_class_name"])(**parts)
     pipe.save_pretrained(str(folder), safe_serialization=True)
     return folder
 
@@ -176,9 +206,14 @@ def make_tiny_sdxl(folder: str | Path, seed: int = 0) -> Path:
     return _save_folder("sdxl", folder, seed)
 
 
-def make_tiny_inpaint(folder: str | Path, seed: int = 0) -> Path:
-    """Tiny SD1.x inpainting diffusers folder (UNet in_channels=9)."""
-    return _save_folder("sd15-inpaint", folder, seed)
+def make_tiny_inpaint(folder: str | Path, seed: int = 0, arch: str = "sd15-inpaint") -> Path:
+    """Tiny inpainting diffusers folder (UNet in_channels=9): ``sd15-inpaint``, ``sd2-inpaint`` or ``sdxl-inpaint``."""
+    return _save_folder(arch, folder, seed)
+
+
+def make_tiny_refiner(folder: str | Path, seed: int = 0) -> Path:
+    """Tiny SDXL refiner diffusers folder: text_encoder_2 + tokenizer_2 only, 5 time ids (aesthetic score)."""
+    return _save_folder("sdxl-refiner", folder, seed)
 
 
 def make_narrow_single_file(path: str | Path, arch: str = "sd15", seed: int = 0, *, with_config: bool = True,

@@ -114,8 +114,18 @@ def _batch(t: torch.Tensor, n: int) -> torch.Tensor:
     return t.repeat_interleave(reps, dim=0) if t.shape[0] > 1 else t.repeat(n, *([1] * (t.ndim - 1)))
 
 
-def _time_ids(c: Conditioning, image_size: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
+# diffusers' SDXL img2img/inpaint defaults for a refiner's aesthetic-score time id
+AESTHETIC_SCORE, NEGATIVE_AESTHETIC_SCORE = 6.0, 2.5
+
+
+def _time_ids(c: Conditioning, image_size: tuple[int, int], dtype: torch.dtype, count: int = 6,
+              default_score: float = AESTHETIC_SCORE) -> torch.Tensor:
+    """SDXL's time ids: (original h, w, crop top, left, target h, w), or for the refiner (5 ids) the aesthetic
+    score in place of the target size, as diffusers' `_get_add_time_ids` builds them."""
     original = c.original_size or image_size
+    if count == 5:
+        score = c.aesthetic_score if c.aesthetic_score is not None else default_score
+        return torch.tensor([[*original, *c.crop_coords, score]], dtype=dtype)
     target = c.target_size or image_size
     return torch.tensor([[*original, *c.crop_coords, *target]], dtype=dtype)
 
@@ -138,10 +148,15 @@ def model_conditioning(unet: Any, positive: Any, negative: Any, state: Any, batc
         return embeds, None, None
     if positive.pooled is None or (use_cfg and negative.pooled is None):
         raise NodeError("an SDXL UNet needs SDXL conditioning (pooled text embeddings); encode the prompt with an SDXL text encoder")
-    pos_ids = _time_ids(positive, state.image_size, dtype)
+    count = unet.time_id_count(int(positive.pooled.shape[-1]))
+    if count not in (5, 6):
+        raise NodeError(f"the UNet's added conditioning does not fit pooled text embeddings {positive.pooled.shape[-1]} "
+                        "wide with 5 or 6 time ids; encode the prompt with this model's own text encoder")
+    pos_ids = _time_ids(positive, state.image_size, dtype, count, AESTHETIC_SCORE)
     if use_cfg:
         text_embeds = torch.cat([_batch(negative.pooled, batch), _batch(positive.pooled, batch)])
-        time_ids = torch.cat([_batch(_time_ids(negative, state.image_size, dtype), batch), _batch(pos_ids, batch)])
+        neg_ids = _time_ids(negative, state.image_size, dtype, count, NEGATIVE_AESTHETIC_SCORE)
+        time_ids = torch.cat([_batch(neg_ids, batch), _batch(pos_ids, batch)])
     else:
         text_embeds, time_ids = _batch(positive.pooled, batch), _batch(pos_ids, batch)
     return embeds, text_embeds.to(state.device, dtype), time_ids.to(state.device)

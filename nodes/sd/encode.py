@@ -2,7 +2,8 @@
 
 SD 1.x/2.x use one CLIP text encoder's last hidden state (after its final layer norm); SDXL
 concatenates the penultimate hidden states of two encoders and takes the pooled projection of the
-second, as diffusers' pipelines do. With no weighting syntax and <= 75 tokens, the result equals the
+second, as diffusers' pipelines do; the SDXL refiner does the same with its one encoder (OpenCLIP-G,
+diffusers' `text_encoder_2`). With no weighting syntax and <= 75 tokens, the result equals the
 pipeline's `encode_prompt` exactly. Textual-inversion vectors ride along with the tokens as "virtual"
 ids past the vocabulary, which `with_virtual_tokens` makes real for the duration of one encode.
 """
@@ -68,7 +69,10 @@ def encode_tokens(te: TextEncoderHandle, tokens: Tokens, devices: Any, clip_skip
         raise NodeError(f"these tokens were made for {family_label(tokens.family)}, the text encoder is {family_label(te.family)}")
     if len(te.encoders) not in (1, 2):
         raise NodeError(f"a text encoder handle with {len(te.encoders)} encoders is not supported")
-    sdxl = len(te.encoders) == 2
+    refiner = te.family == "sdxl-refiner"  # one encoder, used the SDXL way (penultimate layer + pooled)
+    sdxl = len(te.encoders) == 2 or refiner
+    pooled_index = len(te.encoders) - 1  # the pooled projection comes from the last (OpenCLIP-G) encoder
+    targets = ("text_encoder_2",) if refiner else ("text_encoder", "text_encoder_2")  # LoRA file prefixes
     outs: list[torch.Tensor] = []
     pooled: torch.Tensor | None = None
     from .embeddings import with_virtual_tokens
@@ -81,7 +85,7 @@ def encode_tokens(te: TextEncoderHandle, tokens: Tokens, devices: Any, clip_skip
             if tokens.virtual and tokens.virtual[idx]:
                 stack.enter_context(with_virtual_tokens(model, tokens.virtual[idx]))
             if te.patches:
-                stack.enter_context(patched_weights(model, te.patches, target="text_encoder_2" if idx == 1 else "text_encoder"))
+                stack.enter_context(patched_weights(model, te.patches, target=targets[idx]))
             placed.append(model)
         for idx, (model, win) in enumerate(zip(placed, tokens.windows)):
             per_window = []
@@ -90,7 +94,7 @@ def encode_tokens(te: TextEncoderHandle, tokens: Tokens, devices: Any, clip_skip
                 if sdxl:
                     out = model(ids_t, output_hidden_states=True)
                     z = out.hidden_states[-(clip_skip + 2)]
-                    if idx == 1 and w_i == 0:
+                    if idx == pooled_index and w_i == 0:
                         pooled = out[0]
                 elif clip_skip <= 0:
                     z = model(ids_t)[0]

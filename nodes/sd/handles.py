@@ -16,15 +16,17 @@ import torch
 
 # Families: what a latent / conditioning was made for. Models of one family share latent space and
 # text width; mixing families is the classic silent mistake, so every stage checks it.
-FAMILY_NAMES = {"sd15": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "loom-shapes": "loom-shapes"}
+FAMILY_NAMES = {"sd15": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "sdxl-refiner": "SDXL refiner",
+                "loom-shapes": "loom-shapes"}
 
 
 def family_label(family: str | None) -> str:
     return FAMILY_NAMES.get(family or "", family or "unknown")
 
 
-# SD 1.x and 2.x share one VAE, so their latents are interchangeable even though their text is not.
-_LATENT_SPACE = {"sd15": "sd", "sd2": "sd"}
+# SD 1.x and 2.x share one VAE, so their latents are interchangeable even though their text is not; so do the
+# SDXL base and refiner (the refiner takes the base's latents, but its own OpenCLIP-G-only conditioning).
+_LATENT_SPACE = {"sd15": "sd", "sd2": "sd", "sdxl-refiner": "sdxl"}
 
 
 def latent_space(family: str | None) -> str | None:
@@ -64,6 +66,16 @@ class UNetHandle:
     @property
     def is_sdxl(self) -> bool:
         return getattr(self.model.config, "addition_embed_type", None) == "text_time"
+
+    def time_id_count(self, pooled_width: int) -> int | None:
+        """How many SDXL time ids the add-embedding takes next to pooled text of this width: 6 (original size,
+        crop, target size; base and inpainting) or 5 (original size, crop, aesthetic score; refiner)."""
+        cfg = self.model.config
+        per_id = getattr(cfg, "addition_time_embed_dim", None)
+        total = getattr(cfg, "projection_class_embeddings_input_dim", None)
+        if not per_id or not total or (total - pooled_width) % per_id:
+            return None
+        return (total - pooled_width) // per_id
 
     def __loom_summary__(self) -> dict[str, Any]:
         return {"kind": "handle", "model": "UNet", "family": family_label(self.family), "source": self.source,
@@ -135,6 +147,7 @@ _LATENT_RGB = {
     "sdxl": ([[0.3651, 0.4232, 0.4341], [-0.2533, -0.0042, 0.1068], [0.1076, 0.1111, -0.0362], [-0.3165, -0.2492, -0.2188]], [0.1084, -0.0175, -0.0011]),
 }
 _LATENT_RGB["sd2"] = _LATENT_RGB["sd15"]
+_LATENT_RGB["sdxl-refiner"] = _LATENT_RGB["sdxl"]
 
 
 def latent_to_rgb(samples: torch.Tensor, family: str | None) -> torch.Tensor:
@@ -196,7 +209,8 @@ class Conditioning:
     """Text embeddings for one side of classifier-free guidance.
 
     `pooled` and the size fields are SDXL's extra conditioning; sizes left None mean "the size being
-    generated", as diffusers' SDXL pipeline does.
+    generated", as diffusers' SDXL pipeline does. `aesthetic_score` is the SDXL refiner's (it replaces the
+    target size); None means diffusers' defaults, 6.0 for the positive and 2.5 for the negative side.
     """
 
     embeds: torch.Tensor  # [B, tokens, width]
@@ -206,6 +220,7 @@ class Conditioning:
     crop_coords: tuple[int, int] = (0, 0)
     target_size: tuple[int, int] | None = None
     controls: tuple[ControlHint, ...] = ()
+    aesthetic_score: float | None = None
 
     def __loom_summary__(self) -> dict[str, Any]:
         e = self.embeds

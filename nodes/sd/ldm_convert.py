@@ -14,6 +14,10 @@ Layout written (prefixes):
     SD1 CLIP-L                cond_stage_model.transformer.text_model.*  (older files: without text_model.)
     SD2 OpenCLIP-H            cond_stage_model.model.*            (fused q/k/v ``in_proj``)
     SDXL CLIP-L / OpenCLIP-G  conditioner.embedders.0.transformer.text_model.* / conditioner.embedders.1.model.*
+    SDXL refiner OpenCLIP-G   conditioner.embedders.0.model.*  (the refiner has no CLIP-L)
+
+Inpainting models (``sd15-inpaint``, ``sd2-inpaint``, ``sdxl-inpaint``) use the layout of their base model; only
+the UNet's first convolution is wider (9 input channels).
 
 SD2 quirk: SD2 conditions on the *penultimate* OpenCLIP layer, so its diffusers text encoder has one layer less
 than the original model (23 of 24). The writer appends an all-zero residual block, which is an exact identity
@@ -38,11 +42,12 @@ SD_CLIP_PREFIX = "cond_stage_model.transformer."
 SD2_OPENCLIP_PREFIX = "cond_stage_model.model."
 SDXL_CLIP_PREFIX = "conditioner.embedders.0.transformer."
 SDXL_OPENCLIP_PREFIX = "conditioner.embedders.1.model."
+SDXL_REFINER_OPENCLIP_PREFIX = "conditioner.embedders.0.model."
 
 #: safetensors metadata key under which ``save_single_file`` stores the diffusers configs as JSON
 CONFIG_METADATA_KEY = "latentloom.config"
 
-ARCHS = ("sd15", "sd15-inpaint", "sd2", "sd2-v", "sdxl")
+ARCHS = ("sd15", "sd15-inpaint", "sd2", "sd2-v", "sd2-inpaint", "sdxl", "sdxl-inpaint", "sdxl-refiner")
 
 # (kind, prefix) of each text encoder, in pipeline order; kind is "clip" (HF/OpenAI layout) or "openclip"
 TEXT_ENCODER_LAYOUT: dict[str, tuple[tuple[str, str], ...]] = {
@@ -50,13 +55,27 @@ TEXT_ENCODER_LAYOUT: dict[str, tuple[tuple[str, str], ...]] = {
     "sd15-inpaint": (("clip", SD_CLIP_PREFIX),),
     "sd2": (("openclip", SD2_OPENCLIP_PREFIX),),
     "sd2-v": (("openclip", SD2_OPENCLIP_PREFIX),),
+    "sd2-inpaint": (("openclip", SD2_OPENCLIP_PREFIX),),
     "sdxl": (("clip", SDXL_CLIP_PREFIX), ("openclip", SDXL_OPENCLIP_PREFIX)),
+    "sdxl-inpaint": (("clip", SDXL_CLIP_PREFIX), ("openclip", SDXL_OPENCLIP_PREFIX)),
+    "sdxl-refiner": (("openclip", SDXL_REFINER_OPENCLIP_PREFIX),),
 }
 
 
 def is_sd2(arch: str) -> bool:
     """SD2 is the one family whose diffusers text encoder drops the last original layer."""
-    return arch in ("sd2", "sd2-v")
+    return arch in ("sd2", "sd2-v", "sd2-inpaint")
+
+
+def text_encoder_names(arch: str) -> tuple[str, ...]:
+    """The diffusers component names of ``arch``'s text encoders, in ``TEXT_ENCODER_LAYOUT`` order.
+
+    The SDXL refiner's only encoder is OpenCLIP-G, which diffusers calls ``text_encoder_2`` (``text_encoder`` is
+    absent), so its weights and configs share names with the base model's second encoder.
+    """
+    if arch == "sdxl-refiner":
+        return ("text_encoder_2",)
+    return ("text_encoder", "text_encoder_2")[: len(TEXT_ENCODER_LAYOUT[arch])]
 
 
 # --------------------------------------------------------------------------------------------------- UNet
@@ -340,8 +359,8 @@ def config_metadata(unet: Any, vae: Any, text_encoders: Sequence[Any], scheduler
                     arch: str) -> dict[str, str]:
     """safetensors metadata carrying what the weights cannot say (heads, scaling factor, scheduler...)."""
     config: dict[str, Any] = {"format": 1, "arch": arch, "unet": _public_config(unet), "vae": _public_config(vae)}
-    for i, encoder in enumerate(text_encoders):
-        config["text_encoder" if i == 0 else f"text_encoder_{i + 1}"] = _public_config(encoder)
+    for name, encoder in zip(text_encoder_names(arch), text_encoders):
+        config[name] = _public_config(encoder)
     if scheduler_config:
         config["scheduler"] = {k: v for k, v in scheduler_config.items() if not k.startswith("_")}
     return {CONFIG_METADATA_KEY: json.dumps(config, sort_keys=True)}

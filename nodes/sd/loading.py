@@ -6,16 +6,19 @@ the network. We ship configs-only folders (``configs/<arch>/``) and the CLIP BPE
 narrow (test / embedded) models from the shapes, so nothing is ever downloaded.
 
 Architectures: ``sd15``, ``sd15-inpaint`` (9 UNet input channels), ``sd2`` (512, epsilon), ``sd2-v`` (768,
-v-prediction), ``sdxl`` (base).
+v-prediction), ``sd2-inpaint`` (512, epsilon, 9 channels), ``sdxl`` (base), ``sdxl-inpaint`` (9 channels) and
+``sdxl-refiner`` (OpenCLIP-G only, as ``text_encoder_2``; its UNet takes an aesthetic score instead of the target
+size in its time ids). Anything else - other input channel counts (depth, instruct-pix2pix), other conditioners -
+raises ``UnknownArchitectureError`` naming the key prefixes and UNet facts that were found.
 
 Prediction type (epsilon vs v) cannot be read from weights. It is decided, first match wins, by:
   1. the ``prediction_type`` argument;
   2. file metadata: our ``latentloom.config`` (scheduler, arch), ``modelspec.prediction_type`` /
      ``modelspec.architecture`` (SAI model spec), kohya's ``ss_v_parameterization``;
   3. an A1111-style sidecar ``<name>.yaml`` with ``parameterization: "v"``;
-  4. SD2 only: the file name (``768`` -> v; ``512`` or ``base`` -> epsilon);
-  5. the default: SD2 -> v-prediction (the 768 models, SD 2.0/2.1, are v and the common ones), others -> the
-     shipped scheduler config (epsilon).
+  4. SD2 (4 channels) only: the file name (``768`` -> v; ``512`` or ``base`` -> epsilon);
+  5. the default: SD2 -> v-prediction (the 768 models, SD 2.0/2.1, are v and the common ones), others (SD2
+     inpainting included, which is the 512 epsilon model) -> the shipped scheduler config (epsilon).
 For diffusers folders the folder's scheduler config answers step 2.
 
 Sizes that the weights do not tell (attention heads, ``sample_size``, VAE ``scaling_factor``, scheduler) come
@@ -68,6 +71,8 @@ ARCHS: tuple[str, ...] = lc.ARCHS
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 TEXT_ENCODER_NAMES = ("text_encoder", "text_encoder_2")
 TOKENIZER_NAMES = ("tokenizer", "tokenizer_2")
+# pipeline options read from model_index.json and passed on by ``LoadedCheckpoint.pipeline`` where accepted
+_PIPELINE_OPTIONS = ("requires_aesthetics_score", "force_zeros_for_empty_prompt")
 _PAD_TOKEN = {"clip": "<|endoftext|>", "openclip": "!"}  # OpenCLIP pads with "!" (id 0)
 _SUPPORTED_PIPELINES = {
     "StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline",
@@ -124,6 +129,12 @@ class LoadedCheckpoint:
     source: Path
     pipeline_class: str = "StableDiffusionPipeline"
     notes: list[str] = field(default_factory=list)  # how undecidable things were decided
+    pipeline_options: dict[str, Any] = field(default_factory=dict)  # e.g. the refiner's requires_aesthetics_score
+
+    @property
+    def text_encoder_names(self) -> tuple[str, ...]:
+        """Diffusers component names of ``text_encoders`` (the SDXL refiner's one encoder is ``text_encoder_2``)."""
+        return lc.text_encoder_names(self.arch)
 
     def make_scheduler(self) -> Any:
         """A fresh scheduler from ``scheduler_config`` (schedulers hold state, so never share one)."""
@@ -134,16 +145,21 @@ class LoadedCheckpoint:
 
     def pipeline(self, scheduler: Any = None) -> Any:
         """A diffusers pipeline over the shared modules (handy for tests and reference runs)."""
+        import inspect
+
         import diffusers
 
         cls = getattr(diffusers, self.pipeline_class)
         parts: dict[str, Any] = {"unet": self.unet, "vae": self.vae, "scheduler": scheduler or self.make_scheduler()}
-        for name, module in zip(TEXT_ENCODER_NAMES, self.text_encoders):
+        if "XL" in self.pipeline_class:  # absent encoders (the refiner's text_encoder) are passed as None
+            parts.update({name: None for name in (*TEXT_ENCODER_NAMES, *TOKENIZER_NAMES)})
+        for name, module, tok in zip(self.text_encoder_names, self.text_encoders, self.tokenizers):
             parts[name] = module
-        for name, tok in zip(TOKENIZER_NAMES, self.tokenizers):
-            parts[name] = tok
+            parts[name.replace("text_encoder", "tokenizer")] = tok
         if "XL" not in self.pipeline_class:
             parts.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        accepted = inspect.signature(cls.__init__).parameters
+        parts.update({k: v for k, v in self.pipeline_options.items() if k in accepted})
         return cls(**parts)
 
 
@@ -296,7 +312,12 @@ def _text_kind(shapes: Shapes) -> str | None:
     if any(k.startswith("conditioner.embedders.") for k in keys):
         has0 = any(k.startswith(lc.SDXL_CLIP_PREFIX) for k in keys)
         has1 = any(k.startswith(lc.SDXL_OPENCLIP_PREFIX) for k in keys)
-        return "sdxl" if has0 and has1 else "sdxl-other"
+        refiner = any(k.startswith(lc.SDXL_REFINER_OPENCLIP_PREFIX) for k in keys)
+        if has0 and has1 and not refiner:
+            return "sdxl"
+        if refiner and not has0 and not has1:
+            return "sdxl-refiner"
+        return "sdxl-other"
     if any(k.startswith(lc.SD2_OPENCLIP_PREFIX) for k in keys):
         return "openclip"
     if any(k.startswith(lc.SD_CLIP_PREFIX) for k in keys):
@@ -357,6 +378,9 @@ def _sd2_prediction(source: str | Path | None) -> tuple[str, str]:
     return "v_prediction", "SD2 default (768 v-prediction)"
 
 
+_INPAINT_ARCH = {"sd15": "sd15-inpaint", "sd2": "sd2-inpaint", "sdxl": "sdxl-inpaint"}  # 9-channel UNets
+
+
 def _family(shapes: Shapes) -> str:
     facts = _unet_facts(shapes)
     text = _text_kind(shapes)
@@ -377,8 +401,13 @@ def _family(shapes: Shapes) -> str:
             hint = " - this looks like a diffusers component file, not a whole checkpoint"
         raise unknown("no UNet under model.diffusion_model." + hint)
     if text == "sdxl-other":
-        raise unknown("conditioner.embedders present but not CLIP-L + OpenCLIP-G (SDXL refiner?)")
-    if text == "sdxl" or (text is None and facts["adm"] and ctx == 2048):
+        embedders = sorted({".".join(k.split(".")[:4]) for k in shapes if k.startswith("conditioner.embedders.")})
+        raise unknown(f"conditioner.embedders holds {', '.join(embedders)}: neither CLIP-L + OpenCLIP-G "
+                      f"(embedders.0.transformer + embedders.1.model, SDXL) nor OpenCLIP-G alone "
+                      f"(embedders.0.model, SDXL refiner)")
+    if text == "sdxl-refiner" or (text is None and facts["adm"] and ctx == 1280):
+        family = "sdxl-refiner"
+    elif text == "sdxl" or (text is None and facts["adm"] and ctx == 2048):
         family = "sdxl"
     elif facts["adm"]:
         raise unknown("UNet has a class/label embedding (label_emb) that no supported model uses")
@@ -388,11 +417,12 @@ def _family(shapes: Shapes) -> str:
         family = "sd15"
     else:  # pragma: no cover - all text kinds handled above
         raise unknown("unrecognised text encoder")
-    if in_ch == 9 and family == "sd15":
-        return "sd15-inpaint"
-    if in_ch != 4:
-        raise unknown(f"UNet has {in_ch} input channels; only SD1.x inpainting (9) is supported besides 4")
-    return family
+    if in_ch == 4:
+        return family
+    if in_ch == 9 and family in _INPAINT_ARCH:
+        return _INPAINT_ARCH[family]
+    raise unknown(f"UNet has {in_ch} input channels on the {family} architecture; supported: 4, and 9 "
+                  f"(inpainting) for {', '.join(_INPAINT_ARCH)}")
 
 
 def detect_architecture(
@@ -402,7 +432,7 @@ def detect_architecture(
     metadata: Mapping[str, str] | None = None,
     source: str | Path | None = None,
 ) -> str:
-    """``sd15`` | ``sd15-inpaint`` | ``sd2`` | ``sd2-v`` | ``sdxl`` from a single file's keys and shapes.
+    """One of ``ARCHS`` (``sd15``, ``sd2-v``, ``sdxl-refiner``...) from a single file's keys and shapes.
 
     ``keys_and_shapes`` maps key -> shape (or tensor). SD2 epsilon vs v follows the order in the module docstring;
     ``source`` (the file path) enables the file-name and sidecar-yaml hints.
@@ -450,6 +480,25 @@ def _guess_unet_heads(channels: Sequence[int], default: Any) -> Any:
     return [_guess_heads(c) for c in channels]
 
 
+def _transformer_depth(u: Shapes, layers: list[int], down: list[str], base: Mapping[str, Any]) -> int | list[int]:
+    """``transformer_layers_per_block`` from the per-level depths (1 where a level has no attention).
+
+    diffusers gives the mid block the *last* entry's depth, so a last level without attention (the SDXL
+    refiner's, 4 deep in the middle) must carry the mid block's depth. The shipped value wins when it builds the
+    same model (the refiner ships ``4``), else: per level, 1 where no attention, one int when all are equal.
+    """
+    mid = _distinct(u, r"^middle_block\.1\.transformer_blocks\.(\d+)\.")
+    attn = [i for i, kind in enumerate(down) if kind.startswith("CrossAttn")]
+    shipped = base.get("transformer_layers_per_block", 1)
+    expanded = [shipped] * len(down) if isinstance(shipped, int) else list(shipped)
+    if len(expanded) == len(down) and all(expanded[i] == layers[i] for i in attn) and (not mid or expanded[-1] == mid):
+        return shipped
+    depth = list(layers)
+    if mid and not down[-1].startswith("CrossAttn"):
+        depth[-1] = mid
+    return depth[0] if len(set(depth)) == 1 else depth
+
+
 def _infer_unet(shapes: Shapes, base: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     u = _sub(shapes, lc.UNET_PREFIX)
     if "input_blocks.0.0.weight" not in u:
@@ -471,7 +520,7 @@ def _infer_unet(shapes: Shapes, base: Mapping[str, Any]) -> tuple[dict[str, Any]
         n_up = _distinct(u, rf"^output_blocks\.{lvl * stride}\.1\.transformer_blocks\.(\d+)\.")
         up.append("CrossAttnUpBlock2D" if n_up else "UpBlock2D")
     facts.update(block_out_channels=channels, layers_per_block=per_level, down_block_types=down,
-                 up_block_types=up, transformer_layers_per_block=layers if any(n > 1 for n in layers) else 1)
+                 up_block_types=up, transformer_layers_per_block=_transformer_depth(u, layers, down, base))
     unet = _unet_facts(shapes)
     if "context_dim" in unet:
         facts["cross_attention_dim"] = unet["context_dim"]
@@ -535,14 +584,17 @@ def _infer(shapes: Shapes, arch: str) -> tuple[dict[str, dict[str, Any]], dict[s
     guesses: dict[str, dict[str, Any]] = {}
     facts["unet"], guesses["unet"] = _infer_unet(shapes, base["unet"])
     facts["vae"] = _infer_vae(shapes, lc.VAE_PREFIX)
-    for name, (kind, prefix) in zip(TEXT_ENCODER_NAMES, lc.TEXT_ENCODER_LAYOUT[arch]):
+    for name, (kind, prefix) in zip(lc.text_encoder_names(arch), lc.TEXT_ENCODER_LAYOUT[arch]):
         drop_last = kind == "openclip" and lc.is_sd2(arch)
         facts[name], guesses[name] = _infer_text(shapes, kind, prefix, drop_last, base[name])
-    # SDXL: the add-embedding input is 6 time ids x addition_time_embed_dim + the pooled text width
+    # SDXL: the add-embedding input is n time ids x addition_time_embed_dim + the pooled text width, with 6 ids
+    # (original size, crop, target size) for the base and inpainting models, 5 (aesthetic score for the target
+    # size) for the refiner
     pooled = facts.get("text_encoder_2", {}).get("projection_dim")
     add_in = facts["unet"].get("projection_class_embeddings_input_dim")
-    if arch == "sdxl" and pooled and add_in and (add_in - pooled) > 0 and (add_in - pooled) % 6 == 0:
-        facts["unet"]["addition_time_embed_dim"] = (add_in - pooled) // 6
+    n_ids = {"sdxl": 6, "sdxl-inpaint": 6, "sdxl-refiner": 5}.get(arch)
+    if n_ids and pooled and add_in and (add_in - pooled) > 0 and (add_in - pooled) % n_ids == 0:
+        facts["unet"]["addition_time_embed_dim"] = (add_in - pooled) // n_ids
     return facts, guesses
 
 
@@ -622,7 +674,7 @@ def _load_single_file(path: Path, dtype: torch.dtype, device: str | torch.device
     shapes = _as_shapes(state)
     arch = detect_architecture(shapes, prediction_type=prediction_type, metadata=metadata, source=path)
     configs = _resolved_configs(shapes, arch, metadata)
-    family = "sd2" if lc.is_sd2(arch) else arch
+    family = "sd2" if arch in ("sd2", "sd2-v") else arch  # SD2 inpainting is the 512 epsilon model
     pred, why = _resolve_prediction(family, prediction_type, metadata, path,
                                     default=configs["scheduler"].get("prediction_type", "epsilon"))
     configs["scheduler"]["prediction_type"] = pred
@@ -639,7 +691,7 @@ def _load_single_file(path: Path, dtype: torch.dtype, device: str | torch.device
     vae = AutoencoderKL.from_single_file(state, subfolder="vae", **common, **_model_kwargs(configs["vae"]))
     encoders = tuple(
         _build_text_encoder(configs[name], state, kind, prefix, dtype, path)
-        for name, (kind, prefix) in zip(TEXT_ENCODER_NAMES, lc.TEXT_ENCODER_LAYOUT[arch])
+        for name, (kind, prefix) in zip(lc.text_encoder_names(arch), lc.TEXT_ENCODER_LAYOUT[arch])
     )
     del state
     return LoadedCheckpoint(
@@ -647,7 +699,12 @@ def _load_single_file(path: Path, dtype: torch.dtype, device: str | torch.device
         text_encoders=tuple(te.to(device) for te in encoders), tokenizers=_tokenizers_for(arch, encoders),
         scheduler_config=configs["scheduler"], prediction_type=pred, source=path,
         pipeline_class=configs["model_index"]["_class_name"], notes=[f"prediction type: {pred} ({why})"],
+        pipeline_options=_pipeline_options(configs["model_index"]),
     )
+
+
+def _pipeline_options(index: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: index[k] for k in _PIPELINE_OPTIONS if k in index}
 
 
 def _variant(folder: Path, stem: str) -> str | None:
@@ -675,17 +732,19 @@ def _folder_arch(index: Mapping[str, Any], unet_cfg: Mapping[str, Any], predicti
         raise UnknownArchitectureError(f"{folder}: pipeline class {cls} is not supported; "
                                        f"supported: {', '.join(sorted(_SUPPORTED_PIPELINES))}")
     in_ch = unet_cfg.get("in_channels", 4)
+    has_text_encoder = (index.get("text_encoder") or [None, None])[-1] is not None
     if "XL" in cls or unet_cfg.get("addition_embed_type") == "text_time":
-        family = "sdxl"
+        # the refiner has only text_encoder_2 (OpenCLIP-G) and conditions on an aesthetic score
+        family = "sdxl" if has_text_encoder else "sdxl-refiner"
     elif unet_cfg.get("use_linear_projection") or unet_cfg.get("cross_attention_dim") == 1024:
         family = "sd2"
     else:
         family = "sd15"
-    if in_ch == 9 and family == "sd15":
-        return "sd15-inpaint"
+    if in_ch == 9 and family in _INPAINT_ARCH:
+        return _INPAINT_ARCH[family]
     if in_ch != 4:
         raise UnknownArchitectureError(f"{folder}: {cls} with a {in_ch}-channel UNet ({family} family) is not "
-                                       "supported; only SD1.x inpainting (9) is supported besides 4")
+                                       f"supported; supported: 4, and 9 (inpainting) for {', '.join(_INPAINT_ARCH)}")
     if family == "sd2":
         return "sd2-v" if prediction == "v_prediction" else "sd2"
     return family
@@ -715,7 +774,8 @@ def _load_folder(folder: Path, dtype: torch.dtype, device: str | torch.device,
                                         variant=_variant(vae_dir, "diffusion_pytorch_model"), **common)
     encoders: list[nn.Module] = []
     tokenizers: list[Any] = []
-    for name, tok_name, (kind, _) in zip(TEXT_ENCODER_NAMES, TOKENIZER_NAMES, lc.TEXT_ENCODER_LAYOUT[arch]):
+    for name, (kind, _) in zip(lc.text_encoder_names(arch), lc.TEXT_ENCODER_LAYOUT[arch]):
+        tok_name = name.replace("text_encoder", "tokenizer")
         entry = index.get(name) or [None, None]
         if entry[1] not in ("CLIPTextModel", "CLIPTextModelWithProjection"):
             raise UnknownArchitectureError(f"{folder}: {name} is {entry[1]}, expected a CLIP text model")
@@ -738,6 +798,7 @@ def _load_folder(folder: Path, dtype: torch.dtype, device: str | torch.device,
         text_encoders=tuple(te.to(device) for te in encoders), tokenizers=tuple(tokenizers),
         scheduler_config=scheduler_config, prediction_type=pred, source=folder,
         pipeline_class=str(index["_class_name"]), notes=[f"prediction type: {pred} ({why})"],
+        pipeline_options=_pipeline_options(index),
     )
 
 

@@ -10,7 +10,8 @@ from engine.node import NodeError
 
 from .handles import TextEncoderHandle, UNetHandle, VAEHandle
 
-ARCH_FAMILY = {"sd15": "sd15", "sd15-inpaint": "sd15", "sd2": "sd2", "sd2-v": "sd2", "sdxl": "sdxl"}
+ARCH_FAMILY = {"sd15": "sd15", "sd15-inpaint": "sd15", "sd2": "sd2", "sd2-v": "sd2", "sd2-inpaint": "sd2",
+               "sdxl": "sdxl", "sdxl-inpaint": "sdxl", "sdxl-refiner": "sdxl-refiner"}
 
 
 def family_of(arch: str, path: Path) -> str:
@@ -47,7 +48,8 @@ def load_checkpoint_handles(path: Path, prediction_type: str | None, ctx: Any) -
     folder = embedding_folder(getattr(ctx, "settings", None))
     te = TextEncoderHandle(tokenizers=tuple(ck.tokenizers), encoders=tuple(ck.text_encoders), family=family,
                            source=path.name, embeddings=(folder,) if folder is not None else ())
-    vae = VAEHandle(model=ck.vae, family=family, source=path.name)
+    # the refiner's VAE is SDXL's: its latents (EmptyLatent, VAEEncode) are SDXL latents, shared with the base
+    vae = VAEHandle(model=ck.vae, family="sdxl" if family == "sdxl-refiner" else family, source=path.name)
     return unet, te, vae
 
 

@@ -28,3 +28,22 @@ def sdxl_models_dir(models_dir: Path) -> Path:
 def inpaint_models_dir(models_dir: Path) -> Path:
     tiny_models.make_tiny_inpaint(models_dir / "checkpoints" / "tiny-inpaint")
     return models_dir
+
+
+@pytest.fixture(scope="session")
+def sd2_inpaint_models_dir(models_dir: Path) -> Path:
+    tiny_models.make_tiny_inpaint(models_dir / "checkpoints" / "tiny-sd2-inpaint", arch="sd2-inpaint")
+    return models_dir
+
+
+@pytest.fixture(scope="session")
+def sdxl_inpaint_models_dir(sdxl_models_dir: Path) -> Path:
+    tiny_models.make_tiny_inpaint(sdxl_models_dir / "checkpoints" / "tiny-sdxl-inpaint", arch="sdxl-inpaint")
+    return sdxl_models_dir
+
+
+@pytest.fixture(scope="session")
+def refiner_models_dir(sdxl_models_dir: Path) -> Path:
+    """tiny-sdxl and a tiny SDXL refiner (OpenCLIP-G-width text encoder only, aesthetic-score time ids)."""
+    tiny_models.make_tiny_refiner(sdxl_models_dir / "checkpoints" / "tiny-sdxl-refiner")
+    return sdxl_models_dir

@@ -8,8 +8,31 @@ from typing import Any
 import torch
 
 from engine.executor import Executor
+from engine.node import Outputs, node
 from engine.registry import Registry
 from engine.settings import Settings
+from engine.types import IMAGE, MASK
+
+
+# A test-only source node: it hands tensors made by a test to the graph (with_source).
+SOURCE: dict = {}
+
+
+class ImageAndMask(Outputs):
+    image: IMAGE
+    mask: MASK
+
+
+@node(name="TestImageSource")
+def image_source() -> ImageAndMask:
+    return ImageAndMask(image=SOURCE["image"], mask=SOURCE.get("mask", SOURCE["image"][..., 0] * 0))
+
+
+def with_source(ex: Executor, **tensors: torch.Tensor) -> None:
+    """Make `{"type": "TestImageSource"}` give these tensors (image, optional mask) in `ex`'s runs."""
+    SOURCE.clear()
+    SOURCE.update(tensors)
+    ex.registry.add(image_source)
 
 
 def L(node: str, output: str) -> dict:

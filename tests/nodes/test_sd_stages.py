@@ -8,24 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from engine.node import Outputs, node
-from engine.types import IMAGE, MASK
-from tests.nodes.sd_helpers import L, executor, gen, loop_nodes, output_of, reference_pipeline, txt2img_nodes, wf
+from tests.nodes.sd_helpers import L, executor, gen, loop_nodes, output_of, reference_pipeline, txt2img_nodes, wf, with_source
 
 TOL = 1e-6
-
-# Test-only source nodes: they hand a tensor made by the test to the graph.
-_SOURCE: dict = {}
-
-
-class ImageAndMask(Outputs):
-    image: IMAGE
-    mask: MASK
-
-
-@node(name="TestImageSource")
-def image_source() -> ImageAndMask:
-    return ImageAndMask(image=_SOURCE["image"], mask=_SOURCE.get("mask", _SOURCE["image"][..., 0] * 0))
 
 
 @pytest.mark.parametrize("scheduler", ["euler", "euler_a", "dpmpp_2m", "ddim", "pndm"])
@@ -82,9 +67,7 @@ def test_img2img_equals_pipeline(models_dir, tmp_path):
     nodes["enc"] = {"type": "VAEEncode", "inputs": {"vae": L("ckpt", "vae"), "image": L("img", "image")}}
     nodes["img"] = {"type": "TestImageSource", "inputs": {}}
     nodes["sample"]["inputs"].update(latent=L("enc", "latent"), denoise=0.6)
-    _SOURCE.clear()
-    _SOURCE["image"] = image
-    ex.registry.add(image_source)
+    with_source(ex, image=image)
     result = ex.run(wf(nodes))
     ours = output_of(ex, result, "dec", "image")
     latents = output_of(ex, result, "enc", "latent").samples
@@ -109,9 +92,7 @@ def test_inpainting_unet_equals_pipeline(inpaint_models_dir, tmp_path):
     image = torch.rand(1, 64, 64, 3, generator=gen(5))
     mask = torch.zeros(1, 64, 64)
     mask[:, 16:48, 20:44] = 1.0
-    _SOURCE.clear()
-    _SOURCE.update(image=image, mask=mask)
-    ex.registry.add(image_source)
+    with_source(ex, image=image, mask=mask)
     nodes = txt2img_nodes("tiny-inpaint", steps=6)
     nodes["src"] = {"type": "TestImageSource"}
     nodes["enc"] = {"type": "VAEEncodeForInpaint", "inputs": {"vae": L("ckpt", "vae"), "image": L("src", "image"), "mask": L("src", "mask")}}
@@ -132,9 +113,7 @@ def test_regular_unet_inpainting_keeps_unmasked_area(models_dir, tmp_path):
     image = torch.rand(1, 64, 64, 3, generator=gen(7))
     mask = torch.zeros(1, 64, 64)
     mask[:, :, :32] = 1.0
-    _SOURCE.clear()
-    _SOURCE.update(image=image, mask=mask)
-    ex.registry.add(image_source)
+    with_source(ex, image=image, mask=mask)
     nodes = txt2img_nodes("tiny-sd15", steps=5)
     nodes["src"] = {"type": "TestImageSource"}
     nodes["enc"] = {"type": "VAEEncode", "inputs": {"vae": L("ckpt", "vae"), "image": L("src", "image")}}

@@ -47,6 +47,21 @@ def tiny_inpaint_dir(sd_models_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_new_arch_dir(sd_models_dir: Path) -> Callable[[str], Path]:
+    """``tiny_new_arch_dir(arch)`` -> a tiny diffusers folder for ``sd2-inpaint``, ``sdxl-inpaint`` or ``sdxl-refiner``."""
+    made: dict[str, Path] = {}
+
+    def get(arch: str) -> Path:
+        if arch not in made:
+            folder = sd_models_dir / f"tiny-{arch}"
+            made[arch] = (tiny_models.make_tiny_refiner(folder) if arch == "sdxl-refiner"
+                          else tiny_models.make_tiny_inpaint(folder, arch=arch))
+        return made[arch]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def tiny_sd15_file(sd_models_dir: Path) -> Path:
     """The tiny SD1.5 model (same weights as ``tiny_sd15_dir``) as a single file with config metadata."""
     return tiny_models.make_tiny_single_file(sd_models_dir / "tiny-sd15.safetensors", "sd15")

@@ -24,23 +24,26 @@ def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
     assert worst == 0.0
 
 
-@pytest.mark.parametrize("arch", ["sd15", "sd2", "sdxl", "sd15-inpaint"])
+@pytest.mark.parametrize("arch", ["sd15", "sd2", "sdxl", "sd15-inpaint", "sd2-inpaint", "sdxl-inpaint", "sdxl-refiner"])
 def test_exact_round_trip_through_diffusers_from_single_file(arch: str, narrow_model, tmp_path: Path) -> None:
     import diffusers
 
     path, (unet, vae, encoders) = narrow_model(arch)
     config = loading.write_config_folder(arch, tmp_path / "cfg", tiny_models.NARROW_OVERRIDES[arch])
     cls = getattr(diffusers, loading.component_configs(arch)["model_index"]["_class_name"])
-    tokenizers = {name: loading.make_tokenizer(kind)
-                  for name, (kind, _) in zip(loading.TOKENIZER_NAMES, lc.TEXT_ENCODER_LAYOUT[arch])}
+    names = lc.text_encoder_names(arch)
+    tokenizers = {name.replace("text_encoder", "tokenizer"): loading.make_tokenizer(kind)
+                  for name, (kind, _) in zip(names, lc.TEXT_ENCODER_LAYOUT[arch])}
     pipe = cls.from_single_file(str(path), config=str(config), local_files_only=True, **tokenizers)
     assert_same_weights(unet, pipe.unet)
     assert_same_weights(vae, pipe.vae)
-    for name, encoder in zip(loading.TEXT_ENCODER_NAMES, encoders):
+    for name, encoder in zip(names, encoders):
         assert_same_weights(encoder, getattr(pipe, name))
+    if arch == "sdxl-refiner":
+        assert pipe.text_encoder is None and pipe.config.requires_aesthetics_score is True
 
 
-@pytest.mark.parametrize("arch", ["sd15", "sd2", "sdxl", "sd15-inpaint"])
+@pytest.mark.parametrize("arch", ["sd15", "sd2", "sdxl", "sd15-inpaint", "sd2-inpaint", "sdxl-inpaint", "sdxl-refiner"])
 def test_narrow_files_have_exactly_the_full_size_key_set(arch: str, narrow_model) -> None:
     path, _ = narrow_model(arch)
     with safe_open(str(path), "pt") as f:

@@ -31,7 +31,7 @@ def config_of(module: torch.nn.Module) -> dict:
 
 # ------------------------------------------------------------------------------------------------ detection
 
-@pytest.mark.parametrize("arch", ["sd15", "sd15-inpaint", "sd2-v", "sdxl"])
+@pytest.mark.parametrize("arch", ["sd15", "sd15-inpaint", "sd2-v", "sd2-inpaint", "sdxl", "sdxl-inpaint", "sdxl-refiner"])
 def test_detects_full_size_architectures(arch: str) -> None:
     shapes = full_size_shapes(arch)
     assert loading.detect_architecture(shapes) == arch
@@ -40,7 +40,7 @@ def test_detects_full_size_architectures(arch: str) -> None:
         assert loading.detect_architecture(full_size_shapes(arch, with_text=False)) == arch
 
 
-@pytest.mark.parametrize("arch", ["sd15", "sd2", "sdxl"])
+@pytest.mark.parametrize("arch", ["sd15", "sd2", "sdxl", "sd2-inpaint", "sdxl-inpaint", "sdxl-refiner"])
 def test_inferred_full_size_configs_match_the_shipped_ones(arch: str) -> None:
     inferred = loading.infer_config_overrides(full_size_shapes(arch), arch)
     shipped = loading.component_configs(arch)
@@ -55,10 +55,12 @@ def test_inferred_full_size_configs_match_the_shipped_ones(arch: str) -> None:
 
 
 def test_detects_narrow_files_and_reads_their_metadata(narrow_model) -> None:
-    for arch in ("sd15", "sd2", "sdxl", "sd15-inpaint"):
+    for arch in ("sd15", "sd2", "sdxl", "sd15-inpaint", "sd2-inpaint", "sdxl-inpaint", "sdxl-refiner"):
         path, _ = narrow_model(arch)
         shapes, meta = loading.read_keys_and_shapes(path)
         assert loading.detect_architecture(shapes, metadata=meta, source=path) == arch
+        if arch != "sd2":  # the others need no hint; SD2 inpainting is the 512 epsilon model, never "-v"
+            assert loading.detect_architecture(shapes) == arch
     path, _ = narrow_model("sd2")
     shapes, meta = loading.read_keys_and_shapes(path)
     assert loading.detect_architecture(shapes) == "sd2-v"  # no hints: SD2 defaults to 768 v-prediction
@@ -96,9 +98,35 @@ def test_unknown_architecture_names_what_was_found() -> None:
     assert "model.diffusion_model (686)" in message and "cond_stage_model.transformer" in message
 
 
+@pytest.mark.parametrize("arch, channels, what", [
+    ("sd2-v", 5, "5 input channels on the sd2 architecture"),  # SD2 depth2img
+    ("sdxl", 8, "8 input channels on the sdxl architecture"),  # e.g. an instruct-pix2pix SDXL
+    ("sdxl-refiner", 9, "9 input channels on the sdxl-refiner architecture"),  # no refiner inpainting model
+])
+def test_other_input_channel_counts_are_refused_by_name(arch: str, channels: int, what: str) -> None:
+    shapes = dict(full_size_shapes(arch))
+    key = "model.diffusion_model.input_blocks.0.0.weight"
+    shapes[key] = (shapes[key][0], channels, 3, 3)
+    with pytest.raises(UnknownArchitectureError) as err:
+        loading.detect_architecture(shapes)
+    message = str(err.value)
+    assert what in message and "9 (inpainting) for sd15, sd2, sdxl" in message
+    assert f"in_channels={channels}" in message and "model.diffusion_model" in message
+
+
+def test_unknown_conditioner_layout_names_the_embedders() -> None:
+    refiner = full_size_shapes("sdxl-refiner")
+    clip_l = {k: v for k, v in full_size_shapes("sdxl").items() if k.startswith(lc.SDXL_CLIP_PREFIX)}
+    with pytest.raises(UnknownArchitectureError) as err:  # a refiner's G plus a base's L: neither layout
+        loading.detect_architecture({**refiner, **clip_l})
+    message = str(err.value)
+    assert "conditioner.embedders.0.model, conditioner.embedders.0.transformer" in message
+    assert "SDXL refiner" in message and "context_dim=1280" in message
+
+
 # --------------------------------------------------------------------------------------------- single files
 
-@pytest.mark.parametrize("arch", ["sd15", "sd2", "sdxl", "sd15-inpaint"])
+@pytest.mark.parametrize("arch", ["sd15", "sd2", "sdxl", "sd15-inpaint", "sd2-inpaint", "sdxl-inpaint", "sdxl-refiner"])
 def test_narrow_single_file_loads_exactly(arch: str, narrow_model) -> None:
     path, (unet, vae, encoders) = narrow_model(arch)
     ck = loading.load_checkpoint(path)
@@ -111,7 +139,11 @@ def test_narrow_single_file_loads_exactly(arch: str, narrow_model) -> None:
     assert len(ck.tokenizers) == len(encoders)
     pads = [t.pad_token for t in ck.tokenizers]
     assert pads == {"sd15": ["<|endoftext|>"], "sd2": ["!"], "sdxl": ["<|endoftext|>", "!"],
-                    "sd15-inpaint": ["<|endoftext|>"]}[arch]
+                    "sd15-inpaint": ["<|endoftext|>"], "sd2-inpaint": ["!"], "sdxl-inpaint": ["<|endoftext|>", "!"],
+                    "sdxl-refiner": ["!"]}[arch]
+    assert ck.text_encoder_names == (("text_encoder_2",) if arch == "sdxl-refiner" else
+                                     ("text_encoder", "text_encoder_2")[:len(encoders)])
+    assert ck.unet.config.in_channels == (9 if arch.endswith("-inpaint") else 4)
     assert ck.tokenizers[0]("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
 
 
@@ -124,6 +156,15 @@ def test_sizes_are_inferred_without_metadata(tmp_path: Path) -> None:
     for original, loaded in ((unet, ck.unet), (vae, ck.vae), (text, ck.text_encoders[0])):
         differing = {k for k, v in config_of(original).items() if config_of(loaded).get(k) != v}
         assert differing <= {"sample_size"}  # not in the weights; heads are guessed right for these widths
+
+
+def test_sd2_inpainting_is_epsilon_whatever_the_file_name(tmp_path: Path) -> None:
+    """No metadata: a "768" in the name makes a 4-channel SD2 file v-prediction, but SD2 inpainting is 512 epsilon."""
+    path = tiny_models.make_narrow_single_file(tmp_path / "v2-768-inpainting.safetensors", "sd2-inpaint",
+                                               with_config=False)
+    ck = loading.load_checkpoint(path)
+    assert (ck.arch, ck.prediction_type, ck.unet.config.in_channels) == ("sd2-inpaint", "epsilon", 9)
+    assert ck.notes == ["prediction type: epsilon (shipped scheduler config)"]
 
 
 def test_ckpt_pickle_with_state_dict_and_fp16(tiny_sd15_file, tmp_path: Path) -> None:
@@ -166,15 +207,16 @@ def test_tiny_folders_load_with_the_right_arch(tiny_sd15_dir, tiny_sd2v_dir, tin
     assert (eps.arch, eps.scheduler_config["prediction_type"]) == ("sd2", "epsilon")
 
 
-@pytest.mark.parametrize("which", ["sd15", "sdxl"])
-def test_folder_and_single_file_give_identical_models(which: str, tiny_sd15_dir, tiny_sdxl_dir,
+@pytest.mark.parametrize("which", ["sd15", "sdxl", "sd2-inpaint", "sdxl-inpaint", "sdxl-refiner"])
+def test_folder_and_single_file_give_identical_models(which: str, tiny_sd15_dir, tiny_sdxl_dir, tiny_new_arch_dir,
                                                       tmp_path: Path) -> None:
-    folder = {"sd15": tiny_sd15_dir, "sdxl": tiny_sdxl_dir}[which]
+    folder = {"sd15": tiny_sd15_dir, "sdxl": tiny_sdxl_dir}.get(which) or tiny_new_arch_dir(which)
     a = loading.load_checkpoint(folder)
     path = lc.save_single_file(tmp_path / f"{which}.safetensors", a.unet, a.vae, a.text_encoders, a.arch,
                                scheduler_config=a.scheduler_config)
     b = loading.load_checkpoint(path)
     assert (b.arch, b.prediction_type, b.scheduler_config) == (a.arch, a.prediction_type, a.scheduler_config)
+    assert (b.pipeline_class, b.pipeline_options) == (a.pipeline_class, a.pipeline_options)
     for x, y in ((a.unet, b.unet), (a.vae, b.vae), *zip(a.text_encoders, b.text_encoders)):
         assert same_weights(x, y)
         assert config_of(x) == config_of(y)
@@ -182,6 +224,27 @@ def test_folder_and_single_file_give_identical_models(which: str, tiny_sd15_dir,
         images = [ck.pipeline()("a red circle", num_inference_steps=2, height=64, width=64, output_type="pt",
                                 generator=torch.Generator().manual_seed(0)).images for ck in (a, b)]
         assert images[0].shape == (1, 3, 64, 64) and torch.equal(images[0], images[1])
+
+
+def test_new_architecture_folders_load(tiny_new_arch_dir) -> None:
+    """SD2 / SDXL inpainting and the SDXL refiner as diffusers folders: arch, encoders, pipeline class."""
+    expected = {"sd2-inpaint": ("StableDiffusionInpaintPipeline", ["CLIPTextModel"], [0]),
+                "sdxl-inpaint": ("StableDiffusionXLInpaintPipeline", ["CLIPTextModel", "CLIPTextModelWithProjection"],
+                                 [49407, 0]),
+                "sdxl-refiner": ("StableDiffusionXLImg2ImgPipeline", ["CLIPTextModelWithProjection"], [0])}
+    for arch, (pipeline, encoders, pads) in expected.items():
+        ck = loading.load_checkpoint(tiny_new_arch_dir(arch))
+        assert (ck.arch, ck.prediction_type, ck.pipeline_class) == (arch, "epsilon", pipeline)
+        assert [type(te).__name__ for te in ck.text_encoders] == encoders
+        assert [t.pad_token_id for t in ck.tokenizers] == pads
+        assert ck.unet.config.in_channels == (9 if arch.endswith("-inpaint") else 4)
+        pipe = ck.pipeline()
+        assert type(pipe).__name__ == pipeline
+        if arch == "sdxl-refiner":
+            assert ck.text_encoder_names == ("text_encoder_2",)
+            assert ck.pipeline_options == {"requires_aesthetics_score": True, "force_zeros_for_empty_prompt": False}
+            assert pipe.text_encoder is None and pipe.tokenizer is None and pipe.text_encoder_2 is ck.text_encoders[0]
+            assert pipe.config.requires_aesthetics_score is True and pipe.config.force_zeros_for_empty_prompt is False
 
 
 def test_missing_folder_component_lists_the_folder(tiny_sd15_dir, tmp_path: Path) -> None:
@@ -203,6 +266,17 @@ def test_unsupported_pipeline_class(tmp_path: Path) -> None:
     (tmp_path / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"")
     with pytest.raises(UnknownArchitectureError, match="FluxPipeline"):
         loading.load_checkpoint(tmp_path)
+
+
+def test_unsupported_folder_channel_count_is_named(tiny_new_arch_dir, tmp_path: Path) -> None:
+    import shutil
+
+    folder = tmp_path / "refiner-9"
+    shutil.copytree(tiny_new_arch_dir("sdxl-refiner"), folder)
+    config = json.loads((folder / "unet" / "config.json").read_text())
+    (folder / "unet" / "config.json").write_text(json.dumps({**config, "in_channels": 9}))
+    with pytest.raises(UnknownArchitectureError, match=r"9-channel UNet \(sdxl-refiner family\)"):
+        loading.load_checkpoint(folder)
 
 
 # ------------------------------------------------------------------------------------------ errors and cache
