@@ -90,6 +90,12 @@ _ADVANCED_INPUTS = {**_SAMPLE_INPUTS, "noise_seed": "seed", "start_at_step": "st
 TABLE = {
     "CheckpointLoaderSimple": ComfyClass("LoadCheckpoint", {"ckpt_name": "name"}, ["unet", "text_encoder", "vae"]),
     "CLIPTextEncode": ComfyClass("EncodeText", {"clip": "text_encoder"}, ["conditioning"]),
+    "CLIPTextEncodeSDXL": ComfyClass("EncodeTextSDXL", {"clip": "text_encoder", "width": "original_width",
+                                                        "height": "original_height", "crop_w": "crop_left",
+                                                        "crop_h": "crop_top"}, ["conditioning"]),
+    "CLIPTextEncodeSDXLRefiner": ComfyClass("EncodeTextSDXL", {"clip": "text_encoder", "text": "text_g",
+                                                               "ascore": "aesthetic_score", "width": "original_width",
+                                                               "height": "original_height"}, ["conditioning"]),
     "CLIPSetLastLayer": ComfyClass("SetClipSkip", {"clip": "text_encoder"}, ["text_encoder"], convert=_clip_layer),
     "EmptyLatentImage": ComfyClass("EmptyLatent", {}, ["latent"]),
     "KSampler": ComfyClass("Sample", _SAMPLE_INPUTS, ["latent"], convert=_ksampler, choices=_VOCAB),

@@ -67,6 +67,24 @@ def sdxl_size_conditioning(conditioning: CONDITIONING, original_width: Size = 0,
                    aesthetic_score=aesthetic_score or None)
 
 
+@node(category="conditioning", name="EncodeTextSDXL", output_name="conditioning")
+def encode_text_sdxl(text_encoder: TEXT_ENCODER, ctx: NodeContext,
+                     text_g: Annotated[str, Widget(multiline=True), Field(description="the OpenCLIP-G prompt (also the pooled embedding)")] = "",
+                     text_l: Annotated[str, Widget(multiline=True), Field(description="the CLIP-L prompt; empty = text_g")] = "",
+                     clip_skip: ClipSkip = 0, original_width: Size = 0, original_height: Size = 0,
+                     crop_left: Annotated[int, Field(0, ge=0, le=16384)] = 0,
+                     crop_top: Annotated[int, Field(0, ge=0, le=16384)] = 0,
+                     target_width: Size = 0, target_height: Size = 0,
+                     aesthetic_score: AestheticScore = 0.0) -> CONDITIONING:
+    """SDXL's two text encoders with a prompt each (diffusers' prompt_2; ComfyUI's CLIPTextEncodeSDXL and, with
+    the refiner, CLIPTextEncodeSDXLRefiner) and the size conditioning, in one node."""
+    from nodes.sd.encode import encode_text_sdxl as run
+
+    cond = run(text_encoder, text_g, text_l, ctx.settings.devices(), clip_skip or text_encoder.clip_skip)
+    return sdxl_size_conditioning(cond, original_width, original_height, crop_left, crop_top, target_width,
+                                  target_height, aesthetic_score)
+
+
 @node(category="conditioning", output_name="conditioning")
 def zero_conditioning(conditioning: CONDITIONING) -> CONDITIONING:
     """All-zero embeddings of the same shape (SDXL's negative for an empty prompt)."""

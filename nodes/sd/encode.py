@@ -39,14 +39,25 @@ class Tokens:
 
 
 def tokenize_prompt(te: TextEncoderHandle, text: str) -> Tokens:
+    return tokenize_prompts(te, [text] * len(te.tokenizers))
+
+
+def tokenize_prompts(te: TextEncoderHandle, texts: list[str]) -> Tokens:
+    """One prompt per tokenizer (SDXL: CLIP-L's first, OpenCLIP-G's second, as diffusers' `prompt` and
+    `prompt_2`); long prompts get the same number of 77-token windows on every encoder."""
     from .embeddings import expand_embeddings
 
-    pieces, virtual = expand_embeddings(te, text)
+    if len(texts) != len(te.tokenizers):
+        raise NodeError(f"{len(texts)} prompts for a text encoder with {len(te.tokenizers)} tokenizers")
+    expanded = {text: expand_embeddings(te, text) for text in dict.fromkeys(texts)}
+    pieces = [expanded[text][0][i] for i, text in enumerate(texts)]
+    virtual = [expanded[text][1][i] for i, text in enumerate(texts)]
     windows = [tokenize(tok, pieces[i]) for i, tok in enumerate(te.tokenizers)]
     n = max(len(w) for w in windows)
     if any(len(w) != n for w in windows):
         windows = [tokenize(tok, pieces[i], windows_min=n) for i, tok in enumerate(te.tokenizers)]
-    return Tokens(text=text, family=te.family, windows=tuple(windows), virtual=tuple(virtual))
+    label = texts[0] if len(set(texts)) == 1 else " | ".join(texts)
+    return Tokens(text=label, family=te.family, windows=tuple(windows), virtual=tuple(virtual))
 
 
 def _final_norm(encoder: Any) -> Any:
@@ -112,3 +123,16 @@ def encode_tokens(te: TextEncoderHandle, tokens: Tokens, devices: Any, clip_skip
 
 def encode_text(te: TextEncoderHandle, text: str, devices: Any, clip_skip: int = 0) -> Conditioning:
     return encode_tokens(te, tokenize_prompt(te, text), devices, clip_skip)
+
+
+def encode_text_sdxl(te: TextEncoderHandle, text_g: str, text_l: str, devices: Any, clip_skip: int = 0) -> Conditioning:
+    """SDXL with a prompt per encoder: `text_l` for CLIP-L, `text_g` for OpenCLIP-G (which also gives the pooled
+    embedding); an empty `text_l` means `text_g` for both. The refiner has OpenCLIP-G only: `text_g`."""
+    if te.family == "sdxl-refiner":
+        texts = [text_g]
+    elif len(te.encoders) == 2:
+        texts = [text_l or text_g, text_g]
+    else:
+        raise NodeError(f"this node is for SDXL text encoders (two prompts: CLIP-L and OpenCLIP-G); the text encoder "
+                        f"is {family_label(te.family)}: use EncodeText")
+    return encode_tokens(te, tokenize_prompts(te, texts), devices, clip_skip)

@@ -198,3 +198,69 @@ def test_prompt_weights_change_only_weighted_prompts(models_dir, tmp_path):
     heavy = output_of(ex, ex.run(wf(txt2img_nodes("tiny-sd15", prompt="a (red:1.5) circle", steps=1))), "pos", "conditioning")
     assert torch.allclose(plain.embeds, unit.embeds, atol=1e-6)
     assert not torch.allclose(plain.embeds, heavy.embeds, atol=1e-3)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# SDXL with a prompt per text encoder (diffusers' prompt_2, ComfyUI's CLIPTextEncodeSDXL)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _two_prompt_nodes(text_l: str, text_g: str, **sizes) -> dict:
+    nodes = txt2img_nodes("tiny-sdxl", steps=4, scheduler="euler")
+    nodes["pos"] = {"type": "EncodeTextSDXL", "inputs": {"text_encoder": L("ckpt", "text_encoder"), "text_l": text_l,
+                                                         "text_g": text_g, **sizes}}
+    return nodes
+
+
+def test_sdxl_prompt_per_encoder_equals_pipeline_prompt_2(sdxl_models_dir, tmp_path):
+    ex = executor(sdxl_models_dir, tmp_path)
+    ours = output_of(ex, ex.run(wf(_two_prompt_nodes("a red circle", "a blue square"))), "dec", "image")
+    pipe = reference_pipeline(sdxl_models_dir / "checkpoints" / "tiny-sdxl", "euler", 4)
+    kwargs = dict(negative_prompt="", height=64, width=64, num_inference_steps=4, guidance_scale=7.5, output_type="np")
+    ref = pipe("a red circle", prompt_2="a blue square", generator=gen(42), **kwargs).images
+    assert (torch.from_numpy(ref) - ours).abs().max().item() <= TOL
+    one = pipe("a red circle", generator=gen(42), **kwargs).images
+    assert np.abs(one - ref).max() > 1e-3  # the second prompt really went to the second encoder
+    same = output_of(ex, ex.run(wf(_two_prompt_nodes("", "a red circle"))), "dec", "image")
+    assert (torch.from_numpy(one) - same).abs().max().item() <= TOL  # empty text_l: text_g for both
+
+
+def test_comfy_clip_text_encode_sdxl_translates_and_runs(sdxl_models_dir, tmp_path):
+    from engine.compat.comfy import prompt_to_workflow
+
+    ex = executor(sdxl_models_dir, tmp_path)
+    sizes = {"width": 96, "height": 80, "crop_w": 8, "crop_h": 4, "target_width": 64, "target_height": 64}
+    prompt = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny-sdxl"}},
+        "2": {"class_type": "CLIPTextEncodeSDXL", "inputs": {"clip": ["1", 1], "text_g": "a blue square",
+                                                             "text_l": "a red circle", **sizes}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": ""}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "5": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0],
+                                                    "latent_image": ["4", 0], "seed": 42, "steps": 4, "cfg": 7.5,
+                                                    "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+        "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
+        "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "sdxl"}},
+    }
+    got = ex.run(prompt_to_workflow(prompt))
+    comfy = output_of(ex, got, "6", "image")
+    native = _two_prompt_nodes("a red circle", "a blue square", original_width=96, original_height=80, crop_left=8,
+                               crop_top=4, target_width=64, target_height=64)
+    assert torch.equal(comfy, output_of(ex, ex.run(wf(native)), "dec", "image"))
+    plain = output_of(ex, ex.run(wf(_two_prompt_nodes("a red circle", "a blue square"))), "dec", "image")
+    assert not torch.equal(comfy, plain)  # the sizes reached the time ids
+    refiner = prompt_to_workflow({"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "r"}},
+                                  "2": {"class_type": "CLIPTextEncodeSDXLRefiner", "inputs": {
+                                      "clip": ["1", 1], "text": "a cat", "ascore": 2.5, "width": 1024, "height": 768}}})
+    assert refiner["nodes"]["2"]["type"] == "EncodeTextSDXL"
+    assert {k: v for k, v in refiner["nodes"]["2"]["inputs"].items() if k != "text_encoder"} == {
+        "text_g": "a cat", "aesthetic_score": 2.5, "original_width": 1024, "original_height": 768}
+
+
+def test_prompt_per_encoder_needs_sdxl(models_dir, tmp_path):
+    ex = executor(models_dir, tmp_path)
+    nodes = txt2img_nodes("tiny-sd15", steps=1)
+    nodes["pos"] = {"type": "EncodeTextSDXL", "inputs": {"text_encoder": L("ckpt", "text_encoder"), "text_g": "a"}}
+    result = ex.run(wf(nodes))
+    assert result.status == "error" and result.error["node_id"] == "pos"
+    assert "use EncodeText" in result.error["message"], result.error
