@@ -37,6 +37,7 @@ class NodeProgress(Event):
     value: float
     max: float | None = None
     preview: Any = Field(None, exclude=True, description="an image to show while the node runs (not serialised)")
+    text: str | None = Field(None, description="a status line, e.g. 'compiling UNet for 512x512 batch 1 (first time, ~70 s)'")
 
 
 class NodeWarning(Event):

@@ -275,7 +275,8 @@ class Executor:
     def _node_emitter(emit: _Emitter, nid: str) -> Callable[[str, dict], None]:
         def node_emit(kind: str, data: dict) -> None:
             if kind == "progress":
-                emit(ev.NodeProgress, node_id=nid, value=data["value"], max=data.get("max"), preview=data.get("preview"))
+                emit(ev.NodeProgress, node_id=nid, value=data["value"], max=data.get("max"), preview=data.get("preview"),
+                     text=data.get("text"))
             elif kind == "warning":
                 emit(ev.NodeWarning, node_id=nid, message=data["message"])
         return node_emit

@@ -144,11 +144,18 @@ class NodeContext:
         if self.interrupt_event is not None and self.interrupt_event.is_set():
             raise Interrupted(f"interrupted in node {self.node_id}")
 
-    def progress(self, value: float, max: float | None = None, preview: Any = None) -> None:
-        """Report progress (and an optional preview image), and stop here if the user interrupted."""
+    def progress(self, value: float, max: float | None = None, preview: Any = None, text: str | None = None) -> None:
+        """Report progress (and an optional preview image or status line), and stop here if the user interrupted."""
+        self._last_progress = (value, max)
         if self.emit is not None:
-            self.emit("progress", {"value": value, "max": max, "preview": preview})
+            self.emit("progress", {"value": value, "max": max, "preview": preview, "text": text})
         self.check_interrupt()
+
+    def status(self, text: str) -> None:
+        """Say what the node is doing during a long stretch without progress (e.g. "compiling UNet ..."): a
+        progress event at the last value, with this status line."""
+        value, max = getattr(self, "_last_progress", (0.0, None))
+        self.progress(value, max, text=text)
 
     def warn(self, message: str) -> None:
         if self.emit is not None:

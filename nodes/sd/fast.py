@@ -201,7 +201,8 @@ def route_notices(ctx: Any) -> None:
 
 
 class Notifier:
-    """Say something to the user through the node's events (a warning event) and the log."""
+    """Say something to the user through the node's events and the log: news (a compile starting) as the node's
+    progress status line, trouble (a fallback to eager) as a warning."""
 
     def __init__(self, ctx: Any = None) -> None:
         self.ctx = ctx
@@ -211,8 +212,12 @@ class Notifier:
         ctx = self.ctx
         if ctx is not None and getattr(ctx, "emit", None) is None:
             ctx = _routes.get(getattr(ctx, "run_id", ""), None)
-        if ctx is not None and getattr(ctx, "emit", None) is not None:
+        if ctx is None or getattr(ctx, "emit", None) is None:
+            return
+        if level >= logging.WARNING or not hasattr(ctx, "status"):
             ctx.warn(message)
+        else:
+            ctx.status(message)
 
 
 # ----------------------------------------------------------------------------------------------------------

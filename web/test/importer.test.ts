@@ -124,8 +124,11 @@ describe('run events', () => {
     expect(s.nodes.a.status).toBe('queued');
     s = applyRunEvent(s, { type: 'nodes_cached', data: { run_id: 'r1', nodes: ['a'] } }, mine);
     s = applyRunEvent(s, { type: 'node_started', data: { run_id: 'r1', node_id: 'b', node_type: 'X' } }, mine);
+    s = applyRunEvent(s, { type: 'node_progress', data: { run_id: 'r1', node_id: 'b', value: 0, max: 4, text: 'compiling UNet for 64x64 batch 1' } }, mine);
+    expect(s.nodes.b).toMatchObject({ status: 'running', statusText: 'compiling UNet for 64x64 batch 1' });
     s = applyRunEvent(s, { type: 'node_progress', data: { run_id: 'r1', node_id: 'b', value: 2, max: 4 } }, mine);
     expect(s.nodes.b).toMatchObject({ status: 'running', progress: { value: 2, max: 4 } });
+    expect(s.nodes.b.statusText).toBeUndefined(); // the compile is over once steps progress
     s = applyRunEvent(s, { type: 'preview', data: { run_id: 'r1', node_id: 'b', image: 'data:x' } }, mine);
     expect(s.nodes.b.preview).toBe('data:x');
     s = applyRunEvent(s, { type: 'node_finished', data: { run_id: 'r1', node_id: 'b', seconds: 0.5, cached: false, ui: { images: [{ filename: 'f.png', subfolder: '', type: 'output' }] } } }, mine);

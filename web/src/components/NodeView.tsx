@@ -190,6 +190,7 @@ function NodeBody({ node, schema, known, linked, run, errors, selected, showAdva
         </ul>
       ) : null}
       {run?.error && !errors?.length ? <ul className="ll-errors" role="alert"><li>{run.error}</li></ul> : null}
+      {run?.status === 'running' && run.statusText ? <div className="ll-status" data-testid="node-status">{run.statusText}</div> : null}
       {run?.warning ? <div className="ll-warning">⚠ {run.warning}</div> : null}
       <Media run={run} />
     </div>

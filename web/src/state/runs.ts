@@ -10,6 +10,8 @@ export interface NodeRun {
   /** the run whose cached outputs this node can show */
   runId: string;
   progress?: { value: number; max: number | null };
+  /** what a running node says it is doing (e.g. "compiling UNet for 512x512 batch 1"); cleared by the next progress */
+  statusText?: string;
   images?: FileRef[];
   text?: string[];
   preview?: string;
@@ -67,7 +69,8 @@ export function applyRunEvent(s: RunState, m: ServerMessage, mine: (runId: strin
     case 'node_progress': {
       const value = Number(d.value);
       const max = d.max === null || d.max === undefined ? null : Number(d.max);
-      return { ...s, nodes: put(s.nodes, str(d.node_id), runId, { status: 'running', progress: { value, max } }) };
+      const statusText = typeof d.text === 'string' && d.text ? d.text : undefined;
+      return { ...s, nodes: put(s.nodes, str(d.node_id), runId, { status: 'running', progress: { value, max }, statusText }) };
     }
     case 'node_warning':
       return { ...s, nodes: put(s.nodes, str(d.node_id), runId, { warning: str(d.message) }) };
@@ -77,6 +80,7 @@ export function applyRunEvent(s: RunState, m: ServerMessage, mine: (runId: strin
         status: d.cached ? 'cached' : 'executed',
         runId,
         progress: undefined,
+        statusText: undefined,
         seconds: typeof d.seconds === 'number' ? d.seconds : undefined,
       };
       if (ui?.images) patch.images = ui.images;
