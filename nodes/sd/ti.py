@@ -70,9 +70,9 @@ class Embedding:
             if n_encoders == 2:
                 key = ("clip_l", "clip_g")[index]
                 chosen = v.get(key)
-            else:  # an SDXL embedding on a one-encoder model: its CLIP-L half fits SD 1.x
+            else:  # an SDXL embedding on a one-encoder model: CLIP-L fits SD 1.x, OpenCLIP-G the SDXL refiner
                 chosen = next((t for t in v.values() if t.shape[-1] == width), None)
-                key = "clip_l"
+                key = "clip_g" if family == "sdxl-refiner" else "clip_l"
             if chosen is None or chosen.shape[-1] != width:
                 have = ", ".join(f"{k} {t.shape[-1]}" for k, t in v.items())
                 raise EmbeddingError(f"embedding {self.name!r} holds {have} vectors but text encoder {index + 1} of "

@@ -223,7 +223,7 @@ async def test_files_models_system(live):
     assert (await live.get("/embeddings"))[1] == ["neg"]
 
 
-def test_object_info_describes_comfy_classes_in_comfy_terms():
+async def test_object_info_describes_comfy_classes_in_comfy_terms():
     """Clients read /object_info for ComfyUI's own classes (sampler lists, checkpoint lists)."""
     from engine.api.object_info import object_info
     from engine.registry import Registry
