@@ -8,7 +8,7 @@ import logging
 
 from aiohttp import web
 
-from . import comfy, files, library, models_dir, outputs, runs, static, system
+from . import comfy, convert, files, library, models_dir, outputs, runs, static, system
 from .errors import JSON_LIMIT, error_middleware, json_response
 from .hub import LoopBridge, serve_socket
 from .openapi import build_openapi
@@ -44,7 +44,7 @@ WS_ROUTES = [
 
 def all_routes() -> list[Route]:
     """Every documented route, in registration order (specific paths before catch-alls)."""
-    return [*runs.ROUTES, *outputs.ROUTES, *files.ROUTES, *library.ROUTES, *models_dir.ROUTES, *system.ROUTES,
+    return [*runs.ROUTES, *outputs.ROUTES, *files.ROUTES, *convert.ROUTES, *library.ROUTES, *models_dir.ROUTES, *system.ROUTES,
             *comfy.ROUTES, *files.COMFY_ROUTES, *models_dir.COMFY_ROUTES, *system.COMFY_ROUTES, *WS_ROUTES,
             Route("GET", "/api/openapi.json", get_openapi, "This document", tag="meta")]
 

@@ -228,6 +228,14 @@ class WorkflowList(BaseModel):
     items: list[WorkflowItem]
 
 
+class ComfyConvertRequest(_Strict):
+    prompt: dict[str, Any] = Field(description="a ComfyUI API-format prompt: {node id: {class_type, inputs}}")
+
+
+class ConvertedWorkflow(BaseModel):
+    workflow: dict[str, Any] = Field(description="the version-1 workflow, node ids kept")
+
+
 class WorkflowQuery(_Strict):
     source: Literal["builtin", "user"] | None = None
 

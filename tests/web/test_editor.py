@@ -355,3 +355,25 @@ def test_loop_body_nodes_show_their_last_iteration(editor: Any) -> None:
     assert "LATENT" in inspector.inner_text()
     assert missing == [], missing
     no_console_errors(page)
+
+
+def test_comfy_api_prompt_opens_as_the_server_translates_it(editor: Any) -> None:
+    """A ComfyUI API prompt opens with the server's translation (input renames, vocabularies), not just class
+    names: it is ready to run as it would through POST /prompt."""
+    page = editor
+    prompt = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "example.png", "upload": "image"}},
+        "2": {"class_type": "ImageScale", "inputs": {"image": ["1", 0], "upscale_method": "nearest-exact",
+                                                     "width": 24, "height": 16, "crop": "disabled"}},
+        "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}},
+    }
+    page.get_by_test_id("import-file").set_input_files(
+        files=[{"name": "comfy-api.json", "mimeType": "application/json", "buffer": json.dumps(prompt).encode()}]
+    )
+    page.wait_for_selector('.react-flow__node[data-id="3"]')
+    scale = page.evaluate("() => window.latentloom.graph.nodes['2']")
+    assert scale["type"] == "ImageResize" and scale["values"].get("method") == "nearest", scale
+    assert "upscale_method" not in scale["values"]
+    assert page.evaluate("() => window.latentloom.graph.edges.length") == 2
+    assert run_and_wait(page) == "success"
+    no_console_errors(page)

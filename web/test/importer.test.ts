@@ -81,6 +81,7 @@ describe('PNG text chunks', () => {
       type: 'ImageBlur', inputs: { image: { node: '3', output: 'image' }, radius: 5 }, ui: { comfy_class: 'Blur', pos: [33, 44] },
     });
     expect(r.workflow.nodes['3'].ui!.pos).toEqual([11, 22]);
+    expect(r.prompt).toEqual(prompt); // kept for the server's exact translation
     expect(() => importPngText({}, c)).toThrow(/no workflow/);
   });
 });

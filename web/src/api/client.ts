@@ -89,6 +89,9 @@ export const api = {
     fd.append('overwrite', 'true');
     return request<{ name: string; subfolder: string; type: string }>('POST', `${API}/upload`, fd);
   },
+  /** A ComfyUI API prompt translated as POST /prompt would run it (input renames, sampler names). */
+  fromComfy: (prompt: Record<string, unknown>) =>
+    request<{ workflow: Workflow }>('POST', `${API}/convert/comfy`, { prompt }),
   library: () => request<{ items: LibraryItem[] }>('GET', `${API}/workflows`),
   loadWorkflow: (path: string) => request<unknown>('GET', `${API}/workflows/${encPath(path)}`),
   saveWorkflow: (path: string, wf: Workflow) => request<{ path: string }>('PUT', `${API}/workflows/${encPath(path)}`, wf),

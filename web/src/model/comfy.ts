@@ -34,6 +34,11 @@ export interface ImportResult {
   warnings: string[];
 }
 
+/** The prompt itself: API files may wrap it as `{prompt: {...}}` (the body of POST /prompt). */
+export function unwrapPrompt(data: Record<string, unknown>): Record<string, unknown> {
+  return (isPlainObject(data.prompt) && !('class_type' in data.prompt) ? data.prompt : data) as Record<string, unknown>;
+}
+
 /** Translate a ComfyUI API prompt; `positions` (from a LiteGraph workflow) place the nodes. */
 export function comfyPromptToWorkflow(
   data: Record<string, unknown>,

@@ -3,13 +3,15 @@
 
 import type { Workflow } from '../api/types';
 import type { NodeCatalog } from './catalog';
-import { comfyPromptToWorkflow, isComfyPrompt, isLiteGraphWorkflow, liteGraphPositions, liteGraphToWorkflow } from './comfy';
+import { comfyPromptToWorkflow, isComfyPrompt, isLiteGraphWorkflow, liteGraphPositions, liteGraphToWorkflow, unwrapPrompt } from './comfy';
 import { FORMAT, isPlainObject } from './convert';
 
 export interface Imported {
   workflow: Workflow;
   warnings: string[];
   origin: 'latentloom' | 'comfyui-api' | 'comfyui';
+  /** a ComfyUI API prompt, for the server's exact translation (the local one maps class names only) */
+  prompt?: Record<string, unknown>;
 }
 
 export class ImportError extends Error {}
@@ -19,7 +21,7 @@ export function importJson(data: unknown, catalog: NodeCatalog): Imported {
   if (isPlainObject(data) && 'format' in data) {
     throw new ImportError(`not a Latent Loom workflow: 'format' is ${JSON.stringify(data.format)}`);
   }
-  if (isComfyPrompt(data)) return { ...comfyPromptToWorkflow(data, catalog), origin: 'comfyui-api' };
+  if (isComfyPrompt(data)) return { ...comfyPromptToWorkflow(data, catalog), origin: 'comfyui-api', prompt: unwrapPrompt(data) };
   if (isLiteGraphWorkflow(data)) return { ...liteGraphToWorkflow(data, catalog), origin: 'comfyui' };
   throw new ImportError('this JSON is neither a Latent Loom workflow nor a ComfyUI workflow or API prompt');
 }
@@ -39,7 +41,7 @@ export function importPngText(chunks: Record<string, string>, catalog: NodeCatal
   if (isPlainObject(wf) && wf.format === FORMAT) return { workflow: wf as unknown as Workflow, warnings: [], origin: 'latentloom' };
   if (isComfyPrompt(prompt)) {
     const pos = isLiteGraphWorkflow(wf) ? liteGraphPositions(wf) : {};
-    return { ...comfyPromptToWorkflow(prompt, catalog, pos), origin: 'comfyui-api' };
+    return { ...comfyPromptToWorkflow(prompt, catalog, pos), origin: 'comfyui-api', prompt: unwrapPrompt(prompt) };
   }
   if (isLiteGraphWorkflow(wf)) return { ...liteGraphToWorkflow(wf, catalog), origin: 'comfyui' };
   if (isPlainObject(prompt) && prompt.format === FORMAT) return { workflow: prompt as unknown as Workflow, warnings: [], origin: 'latentloom' };

@@ -12,7 +12,7 @@ import {
   connect, emptyDoc, extractFragment, freshGroupId, freshId, graphAt, insertFragment, isFragment,
   moveNodes, patchNode, removeEdges, removeNodes, setValue, updateGraphAt,
 } from '../model/graph';
-import { ImportError, importJson, importPngText } from '../model/importer';
+import { ImportError, importJson, importPngText, type Imported } from '../model/importer';
 import { isPng, readPngText } from '../model/png';
 import { UndoStack } from '../model/undo';
 import { clearSaved, loadSaved, readClipboard, storeSaved, writeClipboard } from './persist';
@@ -570,13 +570,29 @@ export class Editor {
     setTimeout(() => URL.revokeObjectURL(a.href), 1000);
   }
 
+  /** A ComfyUI API prompt opens as the server translates it for running (input renames, sampler names, output
+   * indices); the local translation (class names only) gives the positions, and is kept if the server refuses. */
+  async serverTranslation(imp: Imported): Promise<Imported> {
+    if (imp.origin !== 'comfyui-api' || !imp.prompt) return imp;
+    try {
+      const { workflow } = await api.fromComfy(imp.prompt);
+      for (const [id, n] of Object.entries(workflow.nodes)) {
+        const pos = imp.workflow.nodes[id]?.ui?.pos;
+        if (pos) n.ui = { ...(n.ui ?? {}), pos };
+      }
+      return { ...imp, workflow: { ...workflow, ui: { ...(imp.workflow.ui ?? {}), ...(workflow.ui ?? {}) } }, warnings: [] };
+    } catch (e) {
+      return { ...imp, warnings: [...imp.warnings, `the server could not translate this ComfyUI prompt (${(e as Error).message}); opened with class names only`] };
+    }
+  }
+
   /** Open a dropped or chosen file: our JSON, ComfyUI JSON (API or editor), or a PNG with a workflow. */
   async openFile(file: File): Promise<void> {
     try {
       const bytes = new Uint8Array(await file.arrayBuffer());
-      const imp = isPng(bytes)
+      const imp = await this.serverTranslation(isPng(bytes)
         ? importPngText(await readPngText(bytes), this.s.catalog)
-        : importJson(JSON.parse(new TextDecoder().decode(bytes)), this.s.catalog);
+        : importJson(JSON.parse(new TextDecoder().decode(bytes)), this.s.catalog));
       const name = file.name.replace(/\.(png|json)$/i, '') + '.json';
       if (this.loadWorkflow(imp.workflow, { path: imp.origin === 'latentloom' && !isPng(bytes) ? name : null, source: null }, { dirty: true, warnings: imp.warnings })) {
         this.toast('success', `Opened ${file.name}${imp.origin !== 'latentloom' ? ' (imported from ComfyUI)' : ''}`);
@@ -593,6 +609,10 @@ export class Editor {
     try {
       const data = JSON.parse(text);
       const imp = importJson(data, this.s.catalog);
+      if (imp.origin === 'comfyui-api') {
+        void this.serverTranslation(imp).then((t) => this.loadWorkflow(t.workflow, { path: null, source: null }, { dirty: true, warnings: t.warnings }));
+        return true;
+      }
       return this.loadWorkflow(imp.workflow, { path: null, source: null }, { dirty: true, warnings: imp.warnings });
     } catch {
       return false;
