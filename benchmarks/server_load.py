@@ -1,13 +1,15 @@
 """Server load benchmark: 500 small prompts from 8 concurrent clients, persisted to SQLite.
 
-    .venv/bin/python benchmarks/server_load.py [--prompts 500] [--clients 8] [--api comfy|native] [--server URL]
+    .venv/bin/python benchmarks/server_load.py [--prompts 500] [--clients 8] [--api comfy|native] [--server URL] [--ws]
 
 Starts `server.py` on a free port with fresh folders (unless --server is given), warms it up with one
 run, then each client posts its share of prompts back to back. Prints submissions per second, p50/p99
 submit latency, and the time from the first submission until the queue is empty (every run executed).
 The prompts are ComfyUI API prompts (LoadImage -> ImageScale -> PreviewImage, each of a different size,
 so every run really executes), posted to /prompt like a ComfyUI client would, or the same workflow in
-our format to /api/v1/runs with --api native.
+our format to /api/v1/runs with --api native. With --ws each client also keeps the WebSocket of its client
+id open (/ws, or /api/v1/ws with --api native) and reads everything the server sends, like the ComfyUI
+editor does; the figures then include the status broadcasts and run events the server sends.
 """
 
 from __future__ import annotations
@@ -146,9 +148,29 @@ async def queue_remaining(session: aiohttp.ClientSession, url: str) -> int:
         return (await r.json())["exec_info"]["queue_remaining"]
 
 
-async def bench(url: str, prompts: int, clients: int, api: str, pid: int | None = None) -> dict:
-    connector = aiohttp.TCPConnector(limit=clients * 2)
+async def listen(session: aiohttp.ClientSession, url: str, api: str, client_id: str, seen: dict) -> None:
+    """Read one client's WebSocket until it closes, counting messages by type and keeping the last queue size."""
+    path = "/ws" if api == "comfy" else "/api/v1/ws"
+    async with session.ws_connect(f"{url}{path}?clientId={client_id}") as ws:
+        seen["open"] += 1
+        async for msg in ws:
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                continue
+            data = json.loads(msg.data)
+            kind = data["type"]
+            seen[kind] = seen.get(kind, 0) + 1
+            if kind == "status":
+                d = data["data"]
+                seen["last_queue"][client_id] = d["status"]["exec_info"]["queue_remaining"] if "status" in d else d["queue_remaining"]
+
+
+async def bench(url: str, prompts: int, clients: int, api: str, pid: int | None = None, ws: bool = False) -> dict:
+    connector = aiohttp.TCPConnector(limit=clients * (3 if ws else 2))  # --ws: a WebSocket per client besides
     async with aiohttp.ClientSession(connector=connector) as session:
+        seen: dict = {"open": 0, "last_queue": {}}
+        listeners = [asyncio.create_task(listen(session, url, api, f"bench-{k}", seen)) for k in range(clients)] if ws else []
+        while ws and seen["open"] < clients:
+            await asyncio.sleep(0.01)
         await post(session, url, api, 10_000)  # warm-up: imports, caches of the loaded image
         while await queue_remaining(session, url):
             await asyncio.sleep(0.05)
@@ -174,7 +196,18 @@ async def bench(url: str, prompts: int, clients: int, api: str, pid: int | None 
         drained = time.perf_counter() - t0
         async with session.get(url + "/api/v1/history?limit=1&status=success") as r:
             total_ok = (await r.json())["total"]
+        if ws:
+            await asyncio.sleep(0.2)  # the last status messages
+            for t in listeners:
+                t.cancel()
+            await asyncio.gather(*listeners, return_exceptions=True)
     latencies.sort()
+    extra = {}
+    if ws:
+        last = seen.pop("last_queue")
+        seen.pop("open")
+        extra["websocket_messages"] = seen
+        extra["last_queue_remaining_seen"] = sorted(set(last.values()))
     return {
         "api": api, "prompts": prompts, "clients": clients,
         "submissions_per_s": round(prompts / submitted, 1),
@@ -185,6 +218,7 @@ async def bench(url: str, prompts: int, clients: int, api: str, pid: int | None 
         "queue_empty_seconds": round(drained, 3),
         "runs_succeeded": total_ok - 1 - clients * 4,
         "server_cpu_ms_per_submission": _cpu_split(cpu0, cpu1, prompts),
+        **extra,
     }
 
 
@@ -194,6 +228,7 @@ def main() -> int:
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--api", choices=["comfy", "native"], default="comfy")
     p.add_argument("--server", help="benchmark a running server instead of starting one (its history must be empty)")
+    p.add_argument("--ws", action="store_true", help="each client also reads its WebSocket, like the ComfyUI editor")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     p.add_argument("--baseline", action="store_true",
                    help="also measure a bare aiohttp app that only parses the JSON (this machine's ceiling)")
@@ -204,7 +239,7 @@ def main() -> int:
         url = args.server
         if url is None:
             proc, url = start_server(folder)
-        result = asyncio.run(bench(url.rstrip("/"), args.prompts, args.clients, args.api, proc.pid if proc else None))
+        result = asyncio.run(bench(url.rstrip("/"), args.prompts, args.clients, args.api, proc.pid if proc else None, args.ws))
         if args.baseline:
             base, base_url = start_baseline()
             try:
@@ -229,6 +264,8 @@ def main() -> int:
         print(f"  queue empty after    {result['queue_empty_seconds']} s ({result['runs_succeeded']} runs succeeded)")
         cpu = ", ".join(f"{k} {v}" for k, v in result["server_cpu_ms_per_submission"].items())
         print(f"  server CPU, ms per submission while submitting, by thread: {cpu}")
+        if "websocket_messages" in result:
+            print(f"  WebSocket messages   {result['websocket_messages']}, last queue size seen {result['last_queue_remaining_seen']}")
         if "baseline" in result:
             b = result["baseline"]
             print(f"  bare aiohttp app     {b['submissions_per_s']}/s, p50 {b['p50_ms']} ms, p99 {b['p99_ms']} ms, "

@@ -111,24 +111,100 @@ class RunQueue:
         database look-up, for ids the server generated itself).
         """
         with self._cond:
-            if row.run_id in self._by_id or (check_duplicate and self.store.exists(row.run_id)):
-                raise DuplicateRun(f"run id {row.run_id!r} already exists")
-            row.number = self.store.next_number()
-            if front and self._pending:
-                row.position = self._pending[0].position - 1.0
-            else:
-                self._last_pos += 1.0
-                row.position = self._last_pos
+            self._check_new(row, check_duplicate)
+            self._number_and_place(row, front)
             committed = self.store.insert(row)
-            if front:
-                self._pending.insert(0, row)
-            else:
-                self._pending.append(row)
-            self._by_id[row.run_id] = row
-            self._last_submit = time.monotonic()
+            self._add(row, front)
             self._cond.notify()
         self.listener.queue_changed()
         return committed
+
+    def submit_many(self, items: list[tuple[RunRow, bool, bool]]) -> Future:
+        """`submit` for several runs `(row, front, check_duplicate)` at once, written in one database job.
+
+        The rules and the resulting order are those of calling `submit` for each item in turn, but the
+        writer thread is woken once and commits them together (group commit). The future completes once
+        the rows are committed, with a list holding, for each item, None (queued and committed) or the
+        exception that refused it alone (DuplicateRun). Should the write fail as a whole, the future
+        raises and none of the runs stays queued. Refused rows are taken out of the queue before the
+        future completes, so no run stays queued without its row.
+        """
+        refused: list[BaseException | None] = [None] * len(items)
+        accepted: list[RunRow] = []
+        with self._cond:
+            for i, (row, front, check_duplicate) in enumerate(items):
+                try:
+                    self._check_new(row, check_duplicate)
+                except DuplicateRun as exc:
+                    refused[i] = exc
+                    continue
+                self._number_and_place(row, front)
+                self._add(row, front)
+                accepted.append(row)
+            if accepted:
+                # queued for the writer before the worker can see the rows, so their insert always comes
+                # before the run's own updates (mark_running, finish)
+                written = self.store.insert_many(accepted)
+                self._cond.notify()
+        out: Future = Future()
+        if not accepted:
+            out.set_result(refused)
+            return out
+        self.listener.queue_changed()
+
+        def settle(fut: Future) -> None:  # in the writer thread, once the rows are committed (or not)
+            try:
+                results = fut.result()
+            except BaseException as exc:
+                for row in accepted:
+                    self._discard_row(row)
+                out.set_exception(exc)
+                self.listener.queue_changed()
+                return
+            outcome = iter(results)
+            failed = False
+            for i in range(len(items)):
+                if refused[i] is None:
+                    refused[i] = next(outcome)
+                    if refused[i] is not None:
+                        self._discard_row(items[i][0])
+                        failed = True
+            out.set_result(refused)
+            if failed:
+                self.listener.queue_changed()
+
+        written.add_done_callback(settle)
+        return out
+
+    def _check_new(self, row: RunRow, check_duplicate: bool) -> None:
+        if row.run_id in self._by_id or (check_duplicate and self.store.exists(row.run_id)):
+            raise DuplicateRun(f"run id {row.run_id!r} already exists")
+
+    def _number_and_place(self, row: RunRow, front: bool) -> None:
+        row.number = self.store.next_number()
+        if front and self._pending:
+            row.position = self._pending[0].position - 1.0
+        else:
+            self._last_pos += 1.0
+            row.position = self._last_pos
+
+    def _add(self, row: RunRow, front: bool) -> None:
+        if front:
+            self._pending.insert(0, row)
+        else:
+            self._pending.append(row)
+        self._by_id[row.run_id] = row
+        self._last_submit = time.monotonic()
+
+    def _discard_row(self, row: RunRow) -> None:
+        """Take this very row out (by identity: another run may hold its id)."""
+        with self._cond:
+            if self._by_id.get(row.run_id) is row:
+                del self._by_id[row.run_id]
+            for i, r in enumerate(self._pending):
+                if r is row:
+                    del self._pending[i]
+                    break
 
     def discard(self, run_id: str) -> None:
         """Forget a pending run whose row could not be written (the client was told it failed)."""
@@ -351,7 +427,8 @@ class _EventSink:
                 self._preview(event)
             now = time.monotonic()
             done = event.max is not None and event.value >= event.max
-            if not done and now - self.last_progress.get(event.node_id, 0.0) < q.progress_interval:
+            said = event.text is not None  # a status line ("compiling ...") is news: never dropped
+            if not done and not said and now - self.last_progress.get(event.node_id, 0.0) < q.progress_interval:
                 return
             self.last_progress[event.node_id] = now
         elif kind == "node_started":

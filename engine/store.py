@@ -76,16 +76,30 @@ class RunRow:
     signatures: dict = field(default_factory=dict)
 
 
+_encode = json.JSONEncoder(separators=(",", ":")).encode  # built once: json.dumps(..., separators=) builds one per call
+
+
 def _dumps(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, separators=(",", ":"))
+    if value is None:
+        return None
+    if not value and type(value) in (dict, list):  # the empty columns of a fresh row
+        return "{}" if type(value) is dict else "[]"
+    return _encode(value)
+
+
+def _insert_values(row: RunRow) -> tuple:
+    return (row.run_id, row.number, row.status, row.position, row.client_id, row.created, row.started, row.finished,
+            _dumps(row.workflow), _dumps(row.prompt), _dumps(row.targets), _dumps(row.extra), _dumps(row.nodes),
+            _dumps(row.outputs), _dumps(row.error), _dumps(row.signatures))
 
 
 class Store:
     """Runs in SQLite: one writer thread commits every write in batches; reads use their own connection.
 
     Writers never wait on each other: `write(fn)` queues a job, the writer thread runs whatever has
-    queued up in one transaction (each job in its own savepoint, so one failing job fails alone) and
-    completes the jobs' futures after the commit. `barrier()` is a future that completes once every
+    queued up in one transaction (each job in its own savepoint, so one failing job fails alone; a job
+    alone in its transaction needs none) and completes the jobs' futures after the commit. The server
+    queues the runs submitted together as one `insert_many` job, so a burst costs few commits. `barrier()` is a future that completes once every
     earlier write is committed: the API answers a submission only after that. WAL checkpoints (the only
     fsyncs) run in a background thread, never inside a request.
     """
@@ -160,16 +174,26 @@ class Store:
             results: list[tuple[Future, Any, BaseException | None]] = []
             try:
                 db.execute("BEGIN IMMEDIATE")
-                for job, fut in jobs:
-                    db.execute("SAVEPOINT job")
+                if len(jobs) == 1:  # alone in its transaction: rolling that back is rolling back the job
+                    job, fut = jobs[0]
                     try:
                         results.append((fut, job(db), None))
-                        db.execute("RELEASE job")
                     except Exception as exc:
-                        db.execute("ROLLBACK TO job")
-                        db.execute("RELEASE job")
+                        db.execute("ROLLBACK")
                         results.append((fut, None, exc))
-                db.execute("COMMIT")
+                    else:
+                        db.execute("COMMIT")
+                else:
+                    for job, fut in jobs:
+                        db.execute("SAVEPOINT job")
+                        try:
+                            results.append((fut, job(db), None))
+                            db.execute("RELEASE job")
+                        except Exception as exc:
+                            db.execute("ROLLBACK TO job")
+                            db.execute("RELEASE job")
+                            results.append((fut, None, exc))
+                    db.execute("COMMIT")
             except sqlite3.Error as exc:  # the disk is full or gone: every job of the batch fails
                 try:
                     db.execute("ROLLBACK")
@@ -177,6 +201,8 @@ class Store:
                     pass
                 results = [(fut, None, exc) for _, fut in jobs]
             for fut, value, exc in results:
+                if not fut.set_running_or_notify_cancel():  # cancelled by its caller: nobody waits for it
+                    continue
                 if exc is None:
                     fut.set_result(value)
                 else:
@@ -203,13 +229,43 @@ class Store:
 
     def insert(self, row: RunRow) -> Future:
         def job(db: sqlite3.Connection) -> None:
-            values = (row.run_id, row.number, row.status, row.position, row.client_id, row.created, row.started,
-                      row.finished, _dumps(row.workflow), _dumps(row.prompt), _dumps(row.targets), _dumps(row.extra),
-                      _dumps(row.nodes), _dumps(row.outputs), _dumps(row.error), _dumps(row.signatures))
             try:
-                db.execute(_INSERT, values)
+                db.execute(_INSERT, _insert_values(row))
             except sqlite3.IntegrityError:
                 raise DuplicateRun(f"run id {row.run_id!r} already exists") from None
+
+        return self.write(job)
+
+    def insert_many(self, rows: list[RunRow]) -> Future:
+        """Insert several rows as one write; the future's result lists, per row, None or its DuplicateRun.
+
+        One statement for the lot; should one row's id already exist, the rows are inserted one by one
+        instead, so that row fails alone (as if each had been inserted by `insert`).
+        """
+        def job(db: sqlite3.Connection) -> list[BaseException | None]:
+            values = [_insert_values(r) for r in rows]
+            if len(values) == 1:
+                try:
+                    db.execute(_INSERT, values[0])
+                    return [None]
+                except sqlite3.IntegrityError:
+                    return [DuplicateRun(f"run id {rows[0].run_id!r} already exists")]
+            db.execute("SAVEPOINT rows")
+            try:
+                db.executemany(_INSERT, values)
+                db.execute("RELEASE rows")
+                return [None] * len(rows)
+            except sqlite3.IntegrityError:
+                db.execute("ROLLBACK TO rows")
+                db.execute("RELEASE rows")
+            out: list[BaseException | None] = []
+            for r, v in zip(rows, values):
+                try:
+                    db.execute(_INSERT, v)  # a failed INSERT of one row changes nothing: no savepoint needed
+                    out.append(None)
+                except sqlite3.IntegrityError:
+                    out.append(DuplicateRun(f"run id {r.run_id!r} already exists"))
+            return out
 
         return self.write(job)
 

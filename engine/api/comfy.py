@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from typing import Any
 
 from aiohttp import web
@@ -21,7 +20,7 @@ from .object_info import node_info, object_info
 from .routing import Route
 from .runs import committed, submit_row
 from .state import LoomApp, loom_of
-from .submit import Rejected, prepare
+from .submit import Rejected, new_ids, prepare
 
 FINISHED = ("success", "error", "interrupted")
 
@@ -109,7 +108,7 @@ async def post_prompt(request: web.Request) -> web.Response:
     extra = dict(body.extra_data)
     if body.client_id:
         extra["client_id"] = body.client_id
-    row = RunRow(run_id=body.prompt_id or str(uuid.uuid4()), number=0, workflow=ready.workflow, client_id=body.client_id,
+    row = RunRow(run_id=body.prompt_id or new_ids.dashed(), number=0, workflow=ready.workflow, client_id=body.client_id,
                  prompt=ready.prompt, targets=ready.targets, extra=extra)
     await submit_row(request, row, body.front, chosen_id=body.prompt_id is not None)
     return json_response({"prompt_id": row.run_id, "number": row.number, "node_errors": {}})

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-from functools import partial
 from typing import Any, Awaitable, Callable, TypeVar
 
 from aiohttp import web
@@ -16,7 +15,8 @@ from pydantic import BaseModel, ValidationError
 
 log = logging.getLogger(__name__)
 
-dumps = partial(json.dumps, separators=(",", ":"), ensure_ascii=False)
+# compact JSON; the encoder is built once (json.dumps with these options builds one per call)
+dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 M = TypeVar("M", bound=BaseModel)
 
 JSON_LIMIT = 16 * 1024 * 1024  # request bodies that are JSON (a workflow of many thousand nodes fits)

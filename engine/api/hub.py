@@ -1,10 +1,12 @@
 """The WebSocket hub: who is connected, and delivery of run events to the client that submitted the run.
 
 A run's events go to the sockets of its client id (to everyone when it has none); queue status goes to
-everyone. Each socket speaks one dialect: native (`/api/v1/ws`) or ComfyUI (`/ws`). Every connection has
-its own outgoing queue drained by its own task, so a slow client never holds up the others and message
-order per socket is kept. `LoopBridge` is the queue's listener: it hops from the worker thread onto the
-event loop with `call_soon_threadsafe`.
+everyone: right away after a quiet moment, then at most once per `status_interval` while the queue keeps
+changing (a burst of submissions), always with the queue as it is when the message is made, so the last
+message of a burst tells the final queue size. Each socket speaks one dialect: native (`/api/v1/ws`) or
+ComfyUI (`/ws`). Every connection has its own outgoing queue drained by its own task, so a slow client
+never holds up the others and message order per socket is kept. `LoopBridge` is the queue's listener: it
+hops from the worker thread onto the event loop with `call_soon_threadsafe`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from .errors import ApiError, dumps
 log = logging.getLogger(__name__)
 
 MAX_BACKLOG = 20000  # messages waiting for one socket before it counts as dead
+STATUS_INTERVAL = 0.05  # seconds between two queue status broadcasts while the queue keeps changing
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
 
 
@@ -76,11 +79,14 @@ class Connection:
 class Hub:
     """Sockets by client id; `status_source` says (queue_remaining, running run id) when asked."""
 
-    def __init__(self, status_source: Callable[[], tuple[int, str | None]]) -> None:
+    def __init__(self, status_source: Callable[[], tuple[int, str | None]], status_interval: float = STATUS_INTERVAL) -> None:
         self.status_source = status_source
+        self.status_interval = status_interval
         self._by_client: dict[str, set[Connection]] = {}
         self._all: set[Connection] = set()
         self._status_scheduled = False
+        self._status_sent_at = float("-inf")  # loop time of the last broadcast
+        self.status_broadcasts = 0
         self.mappers: dict[str, ComfyMapper] = {}
 
     def attach(self, conn: Connection) -> None:
@@ -108,21 +114,35 @@ class Hub:
             return self._all
         return self._by_client.get(client_id, ())  # type: ignore[return-value]
 
-    # -- queue status (coalesced: many changes in one loop turn give one message) ---------------------
+    # -- queue status (coalesced: one message per loop turn, at most one per status_interval) -------------
     def queue_changed(self) -> None:
-        if not self._status_scheduled:
-            self._status_scheduled = True
-            asyncio.get_running_loop().call_soon(self._send_status)
+        if self._status_scheduled:
+            return  # the message already on its way reads the queue when it is made
+        self._status_scheduled = True
+        loop = asyncio.get_running_loop()
+        wait = self._status_sent_at + self.status_interval - loop.time()
+        if wait > 0:
+            loop.call_later(wait, self._send_status)
+        else:
+            loop.call_soon(self._send_status)
 
     def _send_status(self) -> None:
         self._status_scheduled = False
         if not self._all:
             return
+        self._status_sent_at = asyncio.get_running_loop().time()
+        self.status_broadcasts += 1
         remaining, running = self.status_source()
-        native = dumps({"type": "status", "data": {"queue_remaining": remaining, "running": running}})
-        comfy = dumps(comfy_status(remaining))
+        native = comfy = None
         for conn in self._all:
-            conn.send(comfy if conn.dialect == "comfy" else native)
+            if conn.dialect == "comfy":
+                if comfy is None:
+                    comfy = dumps(comfy_status(remaining))
+                conn.send(comfy)
+            else:
+                if native is None:
+                    native = dumps({"type": "status", "data": {"queue_remaining": remaining, "running": running}})
+                conn.send(native)
 
     # -- run events ------------------------------------------------------------------------------------
     def publish(self, run_id: str, client_id: str | None, event: dict) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 from aiohttp import web
 
@@ -13,7 +12,7 @@ from . import models as m
 from .errors import ApiError, json_response, parse_query, read_model
 from .routing import Route
 from .state import loom_of
-from .submit import Rejected, prepare
+from .submit import Rejected, new_ids, prepare
 
 
 def record_json(row: RunRow, with_workflow: bool = True) -> dict:
@@ -68,26 +67,23 @@ async def post_run(request: web.Request) -> web.Response:
         ready = prepare(loom, body.workflow, body.outputs)
     except Rejected as exc:
         raise ApiError(400, exc.type, exc.message, errors=exc.errors) from None
-    row = RunRow(run_id=body.run_id or uuid.uuid4().hex, number=0, workflow=ready.workflow, client_id=body.client_id,
+    row = RunRow(run_id=body.run_id or new_ids.hex(), number=0, workflow=ready.workflow, client_id=body.client_id,
                  prompt=ready.prompt, targets=ready.targets, extra={"client_id": body.client_id} if body.client_id else {})
     await submit_row(request, row, body.front, chosen_id=body.run_id is not None)
     return json_response({"run_id": row.run_id, "number": row.number})
 
 
 async def submit_row(request: web.Request, row: RunRow, front: bool, chosen_id: bool) -> None:
-    """Queue the run and wait until it is committed to the database (nothing acknowledged is lost)."""
-    queue = loom_of(request).queue
+    """Queue the run and wait until it is committed to the database (nothing acknowledged is lost).
+
+    Runs submitted together are written together (`SubmitBatcher`); a run whose row could not be written
+    has already been taken out of the queue when this raises.
+    """
     try:
-        committed = queue.submit(row, front=front, check_duplicate=chosen_id)
+        await loom_of(request).submitter.submit(row, front, check_duplicate=chosen_id)
     except DuplicateRun as exc:
         raise ApiError(409, "duplicate_run_id", str(exc)) from None
-    try:
-        await asyncio.wrap_future(committed)
-    except DuplicateRun as exc:
-        queue.discard(row.run_id)
-        raise ApiError(409, "duplicate_run_id", str(exc)) from None
-    except Exception as exc:  # the database refused the write: the run must not stay queued unrecorded
-        queue.discard(row.run_id)
+    except Exception as exc:  # the database refused the write: the run was not queued
         raise ApiError(503, "not_persisted", f"the run could not be saved, so it was not queued: {exc}") from None
 
 

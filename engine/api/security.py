@@ -74,17 +74,28 @@ def token_of(request: web.Request) -> str | None:
     return None
 
 
+def _host_is_loopback(host: str) -> bool:
+    pair = _split_host(host, 80)
+    return pair is not None and is_loopback_host(pair[0])
+
+
 def make_security_middleware(token: str | None, loopback_only: bool):
     """Build the middleware for one server's policy (no module state: two servers may differ)."""
     expected = token.encode() if token else None
+    verdicts: dict[str, bool] = {}  # Host header -> loopback? (clients send the same few values every time)
 
     @web.middleware
     async def security(request: web.Request, handler: Handler) -> web.StreamResponse:
         comfy = is_comfy_path(request.path)
         host = request.headers.get("Host", "")
         if loopback_only:
-            pair = _split_host(host, 80)
-            if pair is None or not is_loopback_host(pair[0]):
+            ok = verdicts.get(host)
+            if ok is None:
+                ok = _host_is_loopback(host)
+                if len(verdicts) >= 64:  # any client may send any Host: keep the memo small
+                    verdicts.clear()
+                verdicts[host] = ok
+            if not ok:
                 return json_response(error_body("forbidden_host", f"Host {host!r} is not this loopback server; "
                                                 "start with --host and --token to serve other names", comfy), 403)
         origin = request.headers.get("Origin")

@@ -18,8 +18,8 @@ from ..settings import REPO_ROOT, Settings
 from ..store import Store
 from .hub import Hub
 from .models_dir import MetadataCache
+from .submit import SubmitBatcher
 from .system import SystemProbe
-
 
 
 @dataclass
@@ -64,6 +64,7 @@ class LoomApp:
         self.executor = Executor(self.registry, self.settings)
         self.store = Store(config.database())
         self.queue = RunQueue(self.executor, self.store)
+        self.submitter = SubmitBatcher(self.queue)
         self.hub = Hub(self._status)
         self.system = SystemProbe()
         self.model_meta = MetadataCache()
