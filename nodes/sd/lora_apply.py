@@ -8,6 +8,12 @@ Formats (all read from the file's keys; nothing is guessed from the file name):
   with alpha and rank from the `lora_adapter_metadata` safetensors metadata when present; also the older
   diffusers layouts (`.lora.down/up`, `.lora_linear_layer.down/up`, attention processors `to_q_lora.down`).
 - A missing alpha means alpha = rank (scale 1), as diffusers does for files saved without metadata.
+- LyCORIS: LoCon convolutions with a Tucker core (`.lora_mid.weight`), LoHa (`.hada_w1_a`, `.hada_w1_b`,
+  `.hada_w2_a`, `.hada_w2_b`, optional `.hada_t1` / `.hada_t2`), LoKr (`.lokr_w1` or `.lokr_w1_a/_b`, `.lokr_w2`
+  or `.lokr_w2_a/_b`, optional `.lokr_t2`) and full weight differences (`.diff`), with LyCORIS' scales (LoHa
+  alpha / rank; LoKr alpha / the factorised side's rank, 1 when neither side is factorised; `.diff` 1), as
+  LyCORIS, peft's LoHa/LoKr and ComfyUI compute them. DoRA magnitudes and bias differences are reported, not
+  applied.
 
 The delta of one module is `strength * alpha / rank * up @ down` (for 3x3 convolutions composed as peft does),
 computed exactly as peft's `get_delta_weight` + diffusers' `fuse_lora(lora_scale=strength)`, so a patched model
@@ -55,24 +61,39 @@ _ROLE_RES = [
     (re.compile(r"^(.+)_lora\.down\.weight$"), "down"),  # attention processors: ...processor.to_q_lora.down.weight
     (re.compile(r"^(.+)_lora\.up\.weight$"), "up"),
 ]
+# LyCORIS parts: key suffix -> part name (the base is what precedes the suffix)
+_LYCORIS_RE = re.compile(r"^(.+)\.(hada_w1_a|hada_w1_b|hada_w2_a|hada_w2_b|hada_t1|hada_t2|lokr_w1|lokr_w1_a|lokr_w1_b|"
+                         r"lokr_w2|lokr_w2_a|lokr_w2_b|lokr_t2|diff|lora_mid)(?:\.weight)?$")
 _UNSUPPORTED = {  # key fragment -> what it is
-    "dora_scale": "DoRA magnitude", "lora_magnitude_vector": "DoRA magnitude", "lora_mid": "LoCon Tucker core",
-    "hada_": "LoHa (LyCORIS)", "lokr_": "LoKr (LyCORIS)", ".diff": "full weight difference", "lora_B.bias": "LoRA bias",
+    "dora_scale": "DoRA magnitude", "lora_magnitude_vector": "DoRA magnitude", ".diff_b": "bias difference",
+    "lora_B.bias": "LoRA bias", ".bias_indices": "bias difference", ".bias_values": "bias difference",
 }
+_LOHA = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
 
 
 @dataclass(frozen=True, eq=False)
 class LoraLayer:
-    """One module's low-rank pair as stored in the file (tensors on the CPU, file dtype)."""
+    """One module's weights as stored in the file (tensors on the CPU, file dtype): a low-rank pair (`kind`
+    "lora", with LoCon's Tucker core in `parts["lora_mid"]`), or LyCORIS' LoHa / LoKr / full-difference parts."""
 
     key: str  # the base key in the file, for messages
-    down: torch.Tensor  # [rank, in] or [rank, in, kh, kw]
-    up: torch.Tensor  # [out, rank] or [out, rank, 1, 1]
+    down: torch.Tensor | None  # [rank, in] or [rank, in, kh, kw] ("lora" only)
+    up: torch.Tensor | None  # [out, rank] or [out, rank, 1, 1]
     alpha: float | None  # from an `.alpha` key; None: see the metadata, else alpha = rank
+    kind: str = "lora"  # lora | loha | lokr | full
+    parts: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def rank(self) -> int:
-        return int(self.down.shape[0])
+        if self.kind == "lora":
+            return int(self.down.shape[0])  # type: ignore[union-attr]
+        if self.kind == "loha":
+            return int(self.parts["hada_w1_b"].shape[0])
+        if self.kind == "lokr":  # the factorised side's rank (w2 wins, as LyCORIS and ComfyUI read it)
+            for side in ("lokr_w2_b", "lokr_w1_b"):
+                if side in self.parts:
+                    return int(self.parts[side].shape[0])
+        return 0
 
 
 @dataclass(frozen=True, eq=False)
@@ -114,10 +135,15 @@ def parse_lora(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None
     """Group a LoRA state dict into per-module (down, up, alpha) layers."""
     parts: dict[str, dict[str, torch.Tensor]] = {}
     unsupported: dict[str, str] = {}
+    lycoris: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         why = next((w for frag, w in _UNSUPPORTED.items() if frag in key), None)
         if why is not None:
             unsupported[key] = why
+            continue
+        m = _LYCORIS_RE.match(key)
+        if m:
+            lycoris.setdefault(m.group(1), {})[m.group(2)] = value
             continue
         for rx, role in _ROLE_RES:
             m = rx.match(key)
@@ -129,11 +155,22 @@ def parse_lora(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None
     layers: dict[str, LoraLayer] = {}
     orphans: list[str] = []
     for base, p in parts.items():
+        extra = lycoris.pop(base, {})
+        alpha = float(p["alpha"].item()) if "alpha" in p else None
         if "down" in p and "up" in p:
-            alpha = float(p["alpha"].item()) if "alpha" in p else None
-            layers[base] = LoraLayer(key=base, down=p["down"], up=p["up"], alpha=alpha)
+            mid = {"lora_mid": extra.pop("lora_mid")} if "lora_mid" in extra else {}
+            layers[base] = LoraLayer(key=base, down=p["down"], up=p["up"], alpha=alpha, parts=mid)
         elif "down" in p or "up" in p:
             orphans.append(base)
+        if extra:
+            lycoris[base] = {**extra, "alpha": p["alpha"]} if "alpha" in p else extra
+    for base, p in lycoris.items():
+        alpha = float(p["alpha"].item()) if "alpha" in p else None
+        layer = _lycoris_layer(base, {k: v for k, v in p.items() if k != "alpha"}, alpha)
+        if layer is None:
+            unsupported.update({f"{base}.{k}": "incomplete LyCORIS layer" for k in p if k != "alpha"})
+        else:
+            layers[base] = layer
     meta: dict[str, Any] = {}
     raw = (metadata or {}).get(METADATA_KEY)
     if raw:
@@ -142,6 +179,23 @@ def parse_lora(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None
         except ValueError:
             meta = {}
     return LoraFile(path=path, layers=layers, metadata=meta, unsupported=unsupported, orphans=tuple(orphans))
+
+
+def _lycoris_layer(base: str, p: dict[str, torch.Tensor], alpha: float | None) -> LoraLayer | None:
+    """LoHa, LoKr or a full difference from its parts; None when parts are missing."""
+    if any(k.startswith("hada_") for k in p):
+        if not all(k in p for k in _LOHA) or (("hada_t1" in p) != ("hada_t2" in p)):
+            return None
+        return LoraLayer(key=base, down=None, up=None, alpha=alpha, kind="loha", parts=p)
+    if any(k.startswith("lokr_") for k in p):
+        w1 = "lokr_w1" in p or ("lokr_w1_a" in p and "lokr_w1_b" in p)
+        w2 = "lokr_w2" in p or ("lokr_w2_a" in p and "lokr_w2_b" in p)
+        if not (w1 and w2):
+            return None
+        return LoraLayer(key=base, down=None, up=None, alpha=alpha, kind="lokr", parts=p)
+    if set(p) == {"diff"}:
+        return LoraLayer(key=base, down=None, up=None, alpha=None, kind="full", parts=p)
+    return None
 
 
 def read_lora(path: str | Path) -> LoraFile:
@@ -271,7 +325,14 @@ def _pattern_value(patterns: dict[str, Any], names: Iterable[str]) -> Any:
 
 
 def layer_scale(layer: LoraLayer, target: str, module_name: str, meta: dict[str, Any]) -> float:
-    """alpha / rank for one module, as peft computes `scaling` (rsLoRA: alpha / sqrt(rank))."""
+    """alpha / rank for one module, as peft computes `scaling` (rsLoRA: alpha / sqrt(rank)); LyCORIS' rules for
+    its kinds."""
+    if layer.kind == "full":
+        return 1.0
+    if layer.kind == "lokr":
+        return layer.alpha / layer.rank if layer.alpha is not None and layer.rank else 1.0
+    if layer.kind == "loha":
+        return (layer.alpha if layer.alpha is not None else layer.rank) / layer.rank
     rank = layer.rank
     alpha: float | None = layer.alpha
     use_rslora = False
@@ -311,12 +372,21 @@ class Resolution:
 
 
 def _expected_shape(layer: LoraLayer) -> tuple[int, ...]:
-    out, inp = int(layer.up.shape[0]), int(layer.down.shape[1])
-    return (out, inp, *layer.down.shape[2:])
+    if layer.kind != "lora":
+        return tuple(_lycoris_delta(layer, 1.0, torch.device("meta")).shape)
+    out, inp = int(layer.up.shape[0]), int(layer.down.shape[1])  # type: ignore[union-attr]
+    mid = layer.parts.get("lora_mid")
+    return (out, inp, *(mid.shape[2:] if mid is not None else layer.down.shape[2:]))  # type: ignore[union-attr]
 
 
 def _shape_fits(layer: LoraLayer, weight: torch.Tensor) -> bool:
-    if layer.up.shape[1] != layer.down.shape[0]:
+    if layer.kind != "lora":  # LyCORIS deltas come out flat or 4-D: the same numbers in the weight's shape
+        try:
+            exp = _expected_shape(layer)
+        except RuntimeError:  # parts that do not compose
+            return False
+        return exp[0] == weight.shape[0] and math.prod(exp) == weight.numel()
+    if layer.up.shape[1] != layer.down.shape[0]:  # type: ignore[union-attr]
         return False
     exp = _expected_shape(layer)
     if tuple(weight.shape) == exp:
@@ -381,10 +451,46 @@ class LoraPatch:
         return f"LoRA {self.name} x{self.strength:g} ({layers} layers)"
 
 
+def _cp(t: torch.Tensor, wa: torch.Tensor, wb: torch.Tensor) -> torch.Tensor:
+    """A Tucker (CP) rebuild: core [r, r, kh, kw] with wa [r, out] and wb [r, in] -> [out, in, kh, kw]."""
+    return torch.einsum("i j k l, i p, j r -> p r k l", t, wa, wb)
+
+
+def _lycoris_delta(layer: LoraLayer, scale: float, device: torch.device) -> torch.Tensor:
+    """LoHa / LoKr / full difference as LyCORIS composes them (fp32; flat or 4-D, reshaped by the caller)."""
+    p = {k: v.to(device=device, dtype=torch.float32) for k, v in layer.parts.items()}
+    if layer.kind == "full":
+        return p["diff"] * scale
+    if layer.kind == "loha":
+        if "hada_t1" in p:
+            m1 = _cp(p["hada_t1"], p["hada_w1_a"], p["hada_w1_b"])
+            m2 = _cp(p["hada_t2"], p["hada_w2_a"], p["hada_w2_b"])
+        else:
+            m1, m2 = p["hada_w1_a"] @ p["hada_w1_b"], p["hada_w2_a"] @ p["hada_w2_b"]
+        return m1 * m2 * scale
+    w1 = p["lokr_w1"] if "lokr_w1" in p else p["lokr_w1_a"] @ p["lokr_w1_b"]
+    if "lokr_w2" in p:
+        w2 = p["lokr_w2"]
+    elif "lokr_t2" in p:
+        w2 = _cp(p["lokr_t2"], p["lokr_w2_a"], p["lokr_w2_b"])
+    else:
+        w2 = p["lokr_w2_a"] @ p["lokr_w2_b"]
+    if w2.ndim == 4:
+        w1 = w1[:, :, None, None]
+    return torch.kron(w1, w2.contiguous()) * scale
+
+
 def delta_weight(weight: torch.Tensor, layer: LoraLayer, scale: float) -> torch.Tensor:
     """The delta for `weight` (fp32, on its device), computed the way peft's get_delta_weight does."""
-    a = layer.down.to(device=weight.device, dtype=torch.float32)
-    b = layer.up.to(device=weight.device, dtype=torch.float32)
+    if layer.kind != "lora":
+        return _lycoris_delta(layer, scale, weight.device).reshape(weight.shape)
+    a = layer.down.to(device=weight.device, dtype=torch.float32)  # type: ignore[union-attr]
+    b = layer.up.to(device=weight.device, dtype=torch.float32)  # type: ignore[union-attr]
+    mid = layer.parts.get("lora_mid")
+    if mid is not None:  # LoCon's Tucker core: down [r, in, 1, 1], mid [r, r, kh, kw], up [out, r, 1, 1]
+        core = mid.to(device=weight.device, dtype=torch.float32)
+        d = torch.einsum("o p, p q k l, q i -> o i k l", b.flatten(1), core, a.flatten(1)) * scale
+        return d.reshape(weight.shape)
     if weight.ndim == 2:
         if a.ndim == 4:
             a, b = a.flatten(1), b.flatten(1)

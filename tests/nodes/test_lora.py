@@ -369,3 +369,116 @@ def test_shipped_lora_workflow_runs(lora_dir, base_models, tmp_path):
     ex = executor(root, tmp_path / "out")
     result = ex.run(data)
     assert result.status == "success", result.error
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# LyCORIS: LoHa, LoKr (checked against peft's implementations of them), LoCon's Tucker core, full differences
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _lycoris_reference(unet, config, seed: int) -> tuple[dict, dict]:
+    """A peft LoHa/LoKr adapter with random weights on a copy of `unet`: (the kohya-style LyCORIS file peft's
+    weights make, {module name: weight merged by peft})."""
+    import copy
+
+    from peft import inject_adapter_in_model
+    from peft.utils import get_peft_model_state_dict
+
+    torch.manual_seed(seed)
+    model = inject_adapter_in_model(config, copy.deepcopy(unet))
+    file: dict[str, torch.Tensor] = {}
+    for key, value in get_peft_model_state_dict(model).items():
+        module, part = key.rsplit(".", 1)
+        base = "lora_unet_" + module.replace(".", "_")
+        file[f"{base}.{part}"] = value.detach().clone()
+        file[f"{base}.alpha"] = torch.tensor(float(config.alpha))
+    merged = {}
+    for name, m in model.named_modules():
+        if hasattr(m, "get_delta_weight") and hasattr(m, "base_layer"):
+            merged[name] = (m.base_layer.weight + m.get_delta_weight("default")).detach()
+    assert merged
+    return file, merged
+
+
+def _patched(unet, file: dict, strength: float = 1.0) -> tuple[dict, int]:
+    import tempfile
+
+    from nodes.sd.lora_apply import apply_patches, load_patches
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "lycoris.safetensors"
+        save_file(file, str(path))
+        loaded = load_patches(path, unet, {}, strength, 0.0)
+        assert loaded.warning is None, loaded.warning
+        restore = apply_patches(unet, (loaded.unet_patch,), "unet")
+        try:
+            weights = {n: m.weight.detach().clone() for n, m in unet.named_modules() if hasattr(m, "weight")
+                       and isinstance(getattr(m, "weight", None), torch.Tensor)}
+        finally:
+            restore()
+    return weights, loaded.resolution.matched
+
+
+@pytest.mark.parametrize("kind,conv_cp", [("loha", False), ("loha", True), ("lokr", False), ("lokr", True)])
+def test_lycoris_loha_and_lokr_equal_peft(base_models, kind, conv_cp):
+    """LoHa (Hadamard product of two low-rank pairs) and LoKr (Kronecker product) on attention projections and
+    3x3 convolutions, with and without the Tucker (CP) form of the convolutions: our patched weights equal the
+    weights peft's LoHa / LoKr layers merge (peft follows LyCORIS' formulas)."""
+    from peft import LoHaConfig, LoKrConfig
+
+    unet, _ = base_models
+    targets = ["to_q", "to_v", "to_out.0", "conv1", "proj_in"]
+    cfg = (LoHaConfig if kind == "loha" else LoKrConfig)(r=4, alpha=6, target_modules=targets, init_weights=False,
+                                                          use_effective_conv2d=conv_cp)
+    file, merged = _lycoris_reference(unet, cfg, seed=11)
+    assert any(k.endswith("hada_t1" if kind == "loha" else "lokr_t2") for k in file) == conv_cp
+    before = {n: m.weight.detach().clone() for n, m in unet.named_modules() if n in merged}
+    ours, matched = _patched(unet, file)
+    assert matched == len(merged)
+    unscaled = 0
+    for name, ref in merged.items():
+        base = "lora_unet_" + name.replace(".", "_")
+        if f"{base}.lokr_w1" in file and f"{base}.lokr_w2" in file:
+            # neither side factorised: LyCORIS (and ComfyUI) apply scale 1 where peft keeps alpha / r
+            ref = before[name] + (ref - before[name]) / (cfg.alpha / cfg.r)
+            unscaled += 1
+        assert torch.allclose(ours[name], ref, atol=1e-5, rtol=1e-5), name
+        assert not torch.equal(ours[name], before[name])
+    assert unscaled < len(merged)  # the factorised (scaled) case is covered too
+    assert all(torch.equal(m.weight, before[n]) for n, m in unet.named_modules() if n in before)  # restored
+
+
+def test_locon_tucker_core_and_full_difference(base_models):
+    """LoCon's Tucker core: the patched 3x3 convolution equals running down (1x1) -> mid (3x3) -> up (1x1) in
+    a row, times alpha / rank; a `.diff` key adds its tensor as is."""
+    import torch.nn.functional as F
+
+    unet, _ = base_models
+    g = gen(21)
+    name = "down_blocks.0.resnets.0.conv1"
+    conv = unet.get_submodule(name)
+    out_c, in_c = conv.weight.shape[:2]
+    down, mid, up = (torch.randn(3, in_c, 1, 1, generator=g) * 0.2, torch.randn(3, 3, 3, 3, generator=g) * 0.2,
+                     torch.randn(out_c, 3, 1, 1, generator=g) * 0.2)
+    other = "down_blocks.0.attentions.0.proj_in"
+    diff = torch.randn(unet.get_submodule(other).weight.shape, generator=g) * 0.01
+    base = "lora_unet_" + name.replace(".", "_")
+    file = {f"{base}.lora_down.weight": down, f"{base}.lora_mid.weight": mid, f"{base}.lora_up.weight": up,
+            f"{base}.alpha": torch.tensor(1.5), "lora_unet_" + other.replace(".", "_") + ".diff": diff}
+    ours, matched = _patched(unet, file, strength=0.8)
+    assert matched == 2
+    x = torch.randn(1, in_c, 8, 8, generator=g)
+    chained = F.conv2d(F.conv2d(F.conv2d(x, down), mid, padding=1), up) * (1.5 / 3) * 0.8
+    delta = F.conv2d(x, ours[name] - conv.weight, padding=1)
+    assert torch.allclose(delta, chained, atol=1e-5), (delta - chained).abs().max()
+    assert torch.allclose(ours[other], unet.get_submodule(other).weight + 0.8 * diff, atol=1e-7)
+
+
+def test_incomplete_lycoris_layers_are_named(base_models, tmp_path):
+    from nodes.sd.lora_apply import LoraError, load_patches
+
+    unet, _ = base_models
+    path = tmp_path / "broken.safetensors"
+    save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.hada_w1_a": torch.zeros(4, 2)}, str(path))
+    with pytest.raises(LoraError, match="hada_w1_a"):
+        load_patches(path, unet, {}, 1.0, 0.0)
