@@ -1063,11 +1063,11 @@ def _fused_loop(recipe: Recipe, unet: Any, positive: Any, neg: Any, latent: Any,
 
 
 def vae_dtype(vae: Any, devices: Any) -> torch.dtype:
-    """fp32 for the SDXL VAE under fp16 (it overflows in fp16; diffusers' SDXL pipeline upcasts it too)."""
-    dtype = devices.dtype
-    if dtype == torch.float16 and vae.family == "sdxl" and bool(getattr(vae.model.config, "force_upcast", False)):
-        return torch.float32
-    return dtype
+    """fp32 for the SDXL VAE under fp16 (it overflows in fp16; diffusers' SDXL pipeline upcasts it too): the
+    default mode's rule (vae_ops.compute_dtype)."""
+    from .vae_ops import compute_dtype
+
+    return compute_dtype(vae, devices)
 
 
 def _make_decode(scaling: float, shift: float) -> Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]:

@@ -27,11 +27,21 @@ def _tiling(model: Any, tile_size: int) -> Iterator[None]:
         model.use_tiling, model.tile_sample_min_size, model.tile_latent_min_size = old
 
 
+def compute_dtype(vae: VAEHandle, devices: Any) -> torch.dtype:
+    """The dtype the VAE runs in: the device manager's, but fp32 under fp16 for an SDXL VAE that says it needs it
+    (`force_upcast`: the stock SDXL VAE overflows in fp16 and decodes to NaN), as diffusers' SDXL pipelines do for
+    both encode and decode. Every use of such a VAE runs in fp32, so the shared model is never rounded to fp16."""
+    dtype = devices.dtype
+    if dtype == torch.float16 and vae.family == "sdxl" and bool(getattr(vae.model.config, "force_upcast", False)):
+        return torch.float32
+    return dtype
+
+
 def decode(vae: VAEHandle, latent: Latent, devices: Any, tiled: bool = False, tile_size: int = 512) -> torch.Tensor:
     check_family("the latent", latent.family, vae.family, "VAE", latent=True)
     if latent.samples.shape[1] != vae.latent_channels:
         raise NodeError(f"the latent has {latent.samples.shape[1]} channels, the VAE expects {vae.latent_channels}")
-    with devices.use(vae.model) as model:
+    with devices.use(vae.model, compute_dtype(vae, devices)) as model:
         dtype = next(model.parameters()).dtype
         z = latent.samples.to(devices.device, dtype) / vae.scaling_factor + vae.shift_factor
         if tiled:
@@ -58,7 +68,7 @@ def _crop8(image: torch.Tensor, ctx: Any, down: int) -> torch.Tensor:
 
 def _encode_pixels(vae: VAEHandle, pixels: torch.Tensor, devices: Any) -> torch.Tensor:
     """[B,3,H,W] in -1..1 -> scaled latents (mode of the posterior)."""
-    with devices.use(vae.model) as model:
+    with devices.use(vae.model, compute_dtype(vae, devices)) as model:
         dtype = next(model.parameters()).dtype
         dist = model.encode(pixels.to(devices.device, dtype)).latent_dist
         z = dist.mode()

@@ -47,3 +47,14 @@ def refiner_models_dir(sdxl_models_dir: Path) -> Path:
     """tiny-sdxl and a tiny SDXL refiner (OpenCLIP-G-width text encoder only, aesthetic-score time ids)."""
     tiny_models.make_tiny_refiner(sdxl_models_dir / "checkpoints" / "tiny-sdxl-refiner")
     return sdxl_models_dir
+
+
+@pytest.fixture
+def own_models():
+    """For a test that runs models in another dtype: the shared model cache is dropped after it, because the
+    device manager converts cached models in place (fp16 would round the weights later fp32 tests compare)."""
+    from nodes.sd import loading
+
+    loading.clear_cache()
+    yield
+    loading.clear_cache()

@@ -427,3 +427,37 @@ def test_compile_cache_folder_is_in_the_user_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
     fast.prepare_process(SimpleNamespace(user_dir=tmp_path / "other"))
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
+
+
+def test_bf16_same_picture(models_dir, tmp_path, own_models):
+    """bf16 (Settings.dtype): the fused step compiles for it and gives the default bf16 mode's picture."""
+    from nodes.sd import fast
+
+    ex = _ex(models_dir, tmp_path)
+    ex.settings.dtype = "bf16"
+    a, b, _ = default_and_fast(ex, txt2img_nodes("tiny-sd15", steps=4, seed=8, scheduler="euler_a"))
+    assert fast.LAST_RUN["path"] == "fused"
+    assert psnr(a, b) >= MIN_PSNR
+    assert ex.settings.devices().dtype == torch.bfloat16  # an explicit dtype is honoured on the CPU too
+    from nodes.sd import loading
+
+    ex.settings.dtype = "fp32"
+    ex.settings._devices = None
+    loading.clear_cache()  # the cached model was converted to bf16 in place: load the fp32 weights again
+    ex.cache.clear()
+    full = output_of(ex, ex.run(wf(txt2img_nodes("tiny-sd15", steps=4, seed=8, scheduler="euler_a"))), "dec", "image")
+    assert 20 < psnr(full, a) < 90  # bf16 really ran: close to fp32, not equal
+
+
+def test_sdxl_vae_decodes_in_fp32_under_fp16():
+    """The SDXL VAE overflows in fp16 (diffusers' SDXL pipeline upcasts it too); bf16 and other VAEs stay as set."""
+    from nodes.sd.fast import vae_dtype
+
+    def vae(family, upcast):
+        return SimpleNamespace(family=family, model=SimpleNamespace(config=SimpleNamespace(force_upcast=upcast)))
+
+    fp16, bf16 = SimpleNamespace(dtype=torch.float16), SimpleNamespace(dtype=torch.bfloat16)
+    assert vae_dtype(vae("sdxl", True), fp16) == torch.float32
+    assert vae_dtype(vae("sdxl", False), fp16) == torch.float16  # a fixed fp16 SDXL VAE (e.g. madebyollin's)
+    assert vae_dtype(vae("sdxl", True), bf16) == torch.bfloat16
+    assert vae_dtype(vae("sd15", True), fp16) == torch.float16

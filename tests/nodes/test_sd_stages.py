@@ -264,3 +264,34 @@ def test_prompt_per_encoder_needs_sdxl(models_dir, tmp_path):
     result = ex.run(wf(nodes))
     assert result.status == "error" and result.error["node_id"] == "pos"
     assert "use EncodeText" in result.error["message"], result.error
+
+
+def test_sdxl_vae_runs_in_fp32_under_fp16(sdxl_models_dir, tmp_path, own_models):
+    """diffusers' SDXL pipelines upcast a `force_upcast` VAE under fp16 (the stock SDXL VAE overflows to NaN in
+    fp16): our encode and decode run it in fp32 too, while the UNet runs in fp16."""
+    ex = executor(sdxl_models_dir, tmp_path)
+    ex.settings.dtype = "fp16"
+    nodes = txt2img_nodes("tiny-sdxl", steps=2)
+    nodes["enc"] = {"type": "VAEEncode", "inputs": {"vae": L("ckpt", "vae"), "image": L("dec", "image")}}
+    result = ex.run(wf(nodes), targets=["enc", "save"])
+    handles = ex.cache.peek(result.signatures["ckpt"])
+    seen: list = []
+    hook = handles["vae"].model.register_forward_pre_hook(lambda m, args: seen.append(next(m.parameters()).dtype))
+    unet_seen: list = []
+    uhook = handles["unet"].model.register_forward_pre_hook(lambda m, args: unet_seen.append(next(m.parameters()).dtype))
+    try:
+        for fn in ("decode", "encode"):  # diffusers' AutoencoderKL runs these without forward(): wrap them
+            orig = getattr(handles["vae"].model, fn)
+            setattr(handles["vae"].model, fn, lambda *a, _o=orig, **k: seen.append(next(handles["vae"].model.parameters()).dtype) or _o(*a, **k))
+        ex.cache.clear()
+        result = ex.run(wf(nodes), targets=["enc", "save"])
+    finally:
+        hook.remove()
+        uhook.remove()
+        for fn in ("decode", "encode"):
+            handles["vae"].model.__dict__.pop(fn, None)
+    assert result.status == "success", result.error
+    assert seen and set(seen) == {torch.float32}, seen
+    assert unet_seen and set(unet_seen) == {torch.float16}, unet_seen
+    image = output_of(ex, result, "dec", "image")
+    assert torch.isfinite(image).all() and image.dtype == torch.float32
