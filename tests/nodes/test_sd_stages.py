@@ -295,3 +295,23 @@ def test_sdxl_vae_runs_in_fp32_under_fp16(sdxl_models_dir, tmp_path, own_models)
     assert unet_seen and set(unet_seen) == {torch.float16}, unet_seen
     image = output_of(ex, result, "dec", "image")
     assert torch.isfinite(image).all() and image.dtype == torch.float32
+
+
+@pytest.mark.parametrize("arch,scheduler", [("tiny-sd15", "euler"), ("tiny-sd15", "dpmpp_2m"), ("tiny-sdxl", "euler_a")])
+def test_fp16_equals_pipeline_in_fp16(arch, scheduler, sdxl_models_dir, tmp_path, own_models):
+    """The GPU default is fp16: the same stages in fp16 (run here on the CPU) equal diffusers' fp16 pipeline.
+    SD 1.x: the decoded image, exactly. SDXL: the sampled latents, exactly (the pipeline decodes with its VAE
+    rounded to fp16 and upcast; ours keeps the fp32 weights for its fp32 decode, closer to the model)."""
+    ex = executor(sdxl_models_dir, tmp_path)
+    ex.settings.dtype = "fp16"
+    result = ex.run(wf(txt2img_nodes(arch, steps=5, scheduler=scheduler)))
+    pipe = reference_pipeline(sdxl_models_dir / "checkpoints" / arch, scheduler, 5).to(torch.float16)
+    kwargs = dict(negative_prompt="", height=64, width=64, num_inference_steps=5, guidance_scale=7.5, generator=gen(42))
+    if arch == "tiny-sd15":
+        ref = pipe("a red circle", output_type="np", **kwargs).images
+        assert (torch.from_numpy(ref) - output_of(ex, result, "dec", "image")).abs().max().item() == 0.0
+    else:
+        ref = pipe("a red circle", output_type="latent", **kwargs).images
+        ours = output_of(ex, result, "sample", "latent").samples
+        assert ours.dtype == torch.float16 and torch.equal(ref.cpu(), ours)
+        assert torch.isfinite(output_of(ex, result, "dec", "image")).all()
