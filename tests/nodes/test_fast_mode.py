@@ -429,24 +429,26 @@ def test_compile_cache_folder_is_in_the_user_folder(tmp_path, monkeypatch):
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
 
 
-def test_bf16_same_picture(models_dir, tmp_path, own_models):
-    """bf16 (Settings.dtype): the fused step compiles for it and gives the default bf16 mode's picture."""
+@pytest.mark.parametrize("dtype,scheduler", [("bf16", "euler_a"), ("fp16", "dpmpp_2m")])
+def test_half_precision_same_picture(models_dir, tmp_path, own_models, dtype, scheduler):
+    """fp16 (the GPU default) and bf16: the fused step compiles for them and gives the default mode's picture in
+    the same dtype."""
     from nodes.sd import fast
 
     ex = _ex(models_dir, tmp_path)
-    ex.settings.dtype = "bf16"
-    a, b, _ = default_and_fast(ex, txt2img_nodes("tiny-sd15", steps=4, seed=8, scheduler="euler_a"))
+    ex.settings.dtype = dtype
+    a, b, _ = default_and_fast(ex, txt2img_nodes("tiny-sd15", steps=4, seed=8, scheduler=scheduler))
     assert fast.LAST_RUN["path"] == "fused"
     assert psnr(a, b) >= MIN_PSNR
-    assert ex.settings.devices().dtype == torch.bfloat16  # an explicit dtype is honoured on the CPU too
+    assert ex.settings.devices().dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
     from nodes.sd import loading
 
     ex.settings.dtype = "fp32"
     ex.settings._devices = None
     loading.clear_cache()  # the cached model was converted to bf16 in place: load the fp32 weights again
     ex.cache.clear()
-    full = output_of(ex, ex.run(wf(txt2img_nodes("tiny-sd15", steps=4, seed=8, scheduler="euler_a"))), "dec", "image")
-    assert 20 < psnr(full, a) < 90  # bf16 really ran: close to fp32, not equal
+    full = output_of(ex, ex.run(wf(txt2img_nodes("tiny-sd15", steps=4, seed=8, scheduler=scheduler))), "dec", "image")
+    assert 20 < psnr(full, a) < 90  # the half precision really ran: close to fp32, not equal
 
 
 def test_sdxl_vae_decodes_in_fp32_under_fp16():
