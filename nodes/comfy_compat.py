@@ -6,7 +6,7 @@ its `scheduler` is our sigma spacing; the tables live in nodes/sd/schedulers.py 
 
 from __future__ import annotations
 
-from engine.compat.comfy import ComfyClass, register_comfy_class
+from engine.compat.comfy import CONTROL_AFTER_GENERATE, ComfyClass, register_comfy_class
 
 
 def _sampler(value: str) -> str:
@@ -87,31 +87,51 @@ _SAMPLE_INPUTS = {"model": "unet", "latent_image": "latent", "sampler_name": "sc
 _ADVANCED_INPUTS = {**_SAMPLE_INPUTS, "noise_seed": "seed", "start_at_step": "start_step", "end_at_step": "end_step",
                     "return_with_leftover_noise": None}
 
+# `widgets`: ComfyUI's widget order (what its editor saves in `widgets_values`), from INPUT_TYPES / define_schema in
+# ComfyUI's nodes.py (loaders, CLIPTextEncode, CLIPSetLastLayer, EmptyLatentImage, KSampler*, VAE*, SetLatentNoiseMask,
+# LatentUpscale*), comfy_extras/nodes_clip_sdxl.py (CLIPTextEncodeSDXL*) and comfy_extras/nodes_custom_sampler.py
+# (KSamplerSelect, BasicScheduler, CFGGuider, RandomNoise, SamplerCustom*). Its editor adds a control_after_generate
+# widget after every `seed` / `noise_seed`.
+_CAG = CONTROL_AFTER_GENERATE
+
 TABLE = {
-    "CheckpointLoaderSimple": ComfyClass("LoadCheckpoint", {"ckpt_name": "name"}, ["unet", "text_encoder", "vae"]),
-    "CLIPTextEncode": ComfyClass("EncodeText", {"clip": "text_encoder"}, ["conditioning"]),
+    "CheckpointLoaderSimple": ComfyClass("LoadCheckpoint", {"ckpt_name": "name"}, ["unet", "text_encoder", "vae"],
+                                         widgets=("ckpt_name",)),
+    "CLIPTextEncode": ComfyClass("EncodeText", {"clip": "text_encoder"}, ["conditioning"], widgets=("text",)),
     "CLIPTextEncodeSDXL": ComfyClass("EncodeTextSDXL", {"clip": "text_encoder", "width": "original_width",
                                                         "height": "original_height", "crop_w": "crop_left",
-                                                        "crop_h": "crop_top"}, ["conditioning"]),
+                                                        "crop_h": "crop_top"}, ["conditioning"],
+                                     widgets=("width", "height", "crop_w", "crop_h", "target_width", "target_height",
+                                              "text_g", "text_l")),
     "CLIPTextEncodeSDXLRefiner": ComfyClass("EncodeTextSDXL", {"clip": "text_encoder", "text": "text_g",
                                                                "ascore": "aesthetic_score", "width": "original_width",
-                                                               "height": "original_height"}, ["conditioning"]),
-    "CLIPSetLastLayer": ComfyClass("SetClipSkip", {"clip": "text_encoder"}, ["text_encoder"], convert=_clip_layer),
-    "EmptyLatentImage": ComfyClass("EmptyLatent", {}, ["latent"]),
-    "KSampler": ComfyClass("Sample", _SAMPLE_INPUTS, ["latent"], convert=_ksampler, choices=_VOCAB),
-    "KSamplerAdvanced": ComfyClass("Sample", _ADVANCED_INPUTS, ["latent"], convert=_ksampler_advanced, choices=_VOCAB),
+                                                               "height": "original_height"}, ["conditioning"],
+                                            widgets=("ascore", "width", "height", "text")),
+    "CLIPSetLastLayer": ComfyClass("SetClipSkip", {"clip": "text_encoder"}, ["text_encoder"], convert=_clip_layer,
+                                   widgets=("stop_at_clip_layer",)),
+    "EmptyLatentImage": ComfyClass("EmptyLatent", {}, ["latent"], widgets=("width", "height", "batch_size")),
+    "KSampler": ComfyClass("Sample", _SAMPLE_INPUTS, ["latent"], convert=_ksampler, choices=_VOCAB,
+                           widgets=("seed", _CAG, "steps", "cfg", "sampler_name", "scheduler", "denoise")),
+    "KSamplerAdvanced": ComfyClass("Sample", _ADVANCED_INPUTS, ["latent"], convert=_ksampler_advanced, choices=_VOCAB,
+                                   widgets=("add_noise", "noise_seed", _CAG, "steps", "cfg", "sampler_name", "scheduler",
+                                            "start_at_step", "end_at_step", "return_with_leftover_noise")),
     "VAEDecode": ComfyClass("VAEDecode", {"samples": "latent"}, ["image"]),
     "VAEEncode": ComfyClass("VAEEncode", {"pixels": "image"}, ["latent"]),
-    "VAEEncodeForInpaint": ComfyClass("VAEEncodeForInpaint", {"pixels": "image"}, ["latent"]),
+    "VAEEncodeForInpaint": ComfyClass("VAEEncodeForInpaint", {"pixels": "image"}, ["latent"], widgets=("grow_mask_by",)),
     "SetLatentNoiseMask": ComfyClass("SetLatentNoiseMask", {"samples": "latent"}, ["latent"]),
-    "VAELoader": ComfyClass("LoadVAE", {"vae_name": "name"}, ["vae"]),
-    "LatentUpscale": ComfyClass("LatentUpscale", {"samples": "latent", "upscale_method": "method", "crop": None}, ["latent"], convert=_upscale),
-    "LatentUpscaleBy": ComfyClass("LatentUpscaleBy", {"samples": "latent", "upscale_method": "method", "scale_by": "scale"}, ["latent"], convert=_upscale),
-    "KSamplerSelect": ComfyClass("SamplerSelect", {"sampler_name": "name"}, ["sampler"], convert=_select, choices=_VOCAB),
-    "BasicScheduler": ComfyClass("SigmaSchedule", {"model": "unet", "scheduler": "sigmas"}, ["sigmas"], convert=_basic_scheduler, choices=_VOCAB),
-    "CFGGuider": ComfyClass("CFGGuider", {"model": "unet"}, ["guider"]),
-    "RandomNoise": ComfyClass("Noise", {"noise_seed": "seed"}, ["noise"]),
-    "SamplerCustom": ComfyClass("SampleParts", {"model": "unet", "noise_seed": "seed", "latent_image": "latent"}, ["latent", "latent"], convert=_custom),
+    "VAELoader": ComfyClass("LoadVAE", {"vae_name": "name"}, ["vae"], widgets=("vae_name",)),
+    "LatentUpscale": ComfyClass("LatentUpscale", {"samples": "latent", "upscale_method": "method", "crop": None}, ["latent"],
+                                convert=_upscale, widgets=("upscale_method", "width", "height", "crop")),
+    "LatentUpscaleBy": ComfyClass("LatentUpscaleBy", {"samples": "latent", "upscale_method": "method", "scale_by": "scale"},
+                                  ["latent"], convert=_upscale, widgets=("upscale_method", "scale_by")),
+    "KSamplerSelect": ComfyClass("SamplerSelect", {"sampler_name": "name"}, ["sampler"], convert=_select, choices=_VOCAB,
+                                 widgets=("sampler_name",)),
+    "BasicScheduler": ComfyClass("SigmaSchedule", {"model": "unet", "scheduler": "sigmas"}, ["sigmas"], convert=_basic_scheduler,
+                                 choices=_VOCAB, widgets=("scheduler", "steps", "denoise")),
+    "CFGGuider": ComfyClass("CFGGuider", {"model": "unet"}, ["guider"], widgets=("cfg",)),
+    "RandomNoise": ComfyClass("Noise", {"noise_seed": "seed"}, ["noise"], widgets=("noise_seed", _CAG)),
+    "SamplerCustom": ComfyClass("SampleParts", {"model": "unet", "noise_seed": "seed", "latent_image": "latent"}, ["latent", "latent"],
+                                convert=_custom, widgets=("add_noise", "noise_seed", _CAG, "cfg")),
     "SamplerCustomAdvanced": ComfyClass("SampleGuided", {"latent_image": "latent"}, ["latent", "latent"]),
 }
 

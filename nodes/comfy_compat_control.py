@@ -18,16 +18,19 @@ def _canny(inputs: dict) -> dict:
     return inputs
 
 
+# `widgets`: ComfyUI's widget order (its editor's `widgets_values`), from INPUT_TYPES in ComfyUI's nodes.py (LoraLoader*,
+# ControlNetLoader, ControlNetApply*) and comfy_extras/nodes_canny.py (Canny)
 TABLE = {
     "LoraLoader": ComfyClass("LoadLora", {"model": "unet", "clip": "text_encoder", "lora_name": "name",
                                           "strength_model": "unet_strength", "strength_clip": "text_encoder_strength"},
-                             ["unet", "text_encoder"]),
+                             ["unet", "text_encoder"], widgets=("lora_name", "strength_model", "strength_clip")),
     "LoraLoaderModelOnly": ComfyClass("LoadLoraModelOnly", {"model": "unet", "lora_name": "name", "strength_model": "strength"},
-                                      ["unet"]),
-    "ControlNetLoader": ComfyClass("LoadControlNet", {"control_net_name": "name"}, ["control_net"]),
-    "ControlNetApply": ComfyClass("ApplyControlNet", {}, ["conditioning"]),
-    "ControlNetApplyAdvanced": ComfyClass("ApplyControlNetAdvanced", {"vae": None}, ["positive", "negative"]),
-    "Canny": ComfyClass("Canny", {}, ["image"], convert=_canny),
+                                      ["unet"], widgets=("lora_name", "strength_model")),
+    "ControlNetLoader": ComfyClass("LoadControlNet", {"control_net_name": "name"}, ["control_net"], widgets=("control_net_name",)),
+    "ControlNetApply": ComfyClass("ApplyControlNet", {}, ["conditioning"], widgets=("strength",)),
+    "ControlNetApplyAdvanced": ComfyClass("ApplyControlNetAdvanced", {"vae": None}, ["positive", "negative"],
+                                          widgets=("strength", "start_percent", "end_percent")),
+    "Canny": ComfyClass("Canny", {}, ["image"], convert=_canny, widgets=("low_threshold", "high_threshold")),
 }
 
 for _name, _spec in TABLE.items():

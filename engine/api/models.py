@@ -229,11 +229,16 @@ class WorkflowList(BaseModel):
 
 
 class ComfyConvertRequest(_Strict):
-    prompt: dict[str, Any] = Field(description="a ComfyUI API-format prompt: {node id: {class_type, inputs}}")
+    """One of the two: ComfyUI's API prompt or its editor (LiteGraph) workflow."""
+
+    prompt: dict[str, Any] | None = Field(None, description="a ComfyUI API-format prompt: {node id: {class_type, inputs}}")
+    workflow: dict[str, Any] | None = Field(
+        None, description="a ComfyUI editor (LiteGraph) workflow, as ComfyUI saves it: {nodes: [...], links: [...]}")
 
 
 class ConvertedWorkflow(BaseModel):
-    workflow: dict[str, Any] = Field(description="the version-1 workflow, node ids kept")
+    workflow: dict[str, Any] = Field(description="the version-1 workflow, node ids kept (positions in ui.pos for an editor workflow)")
+    warnings: list[str] = Field(default_factory=list, description="what was left out or could not be read exactly (muted nodes, ...)")
 
 
 class WorkflowQuery(_Strict):

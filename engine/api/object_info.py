@@ -103,6 +103,9 @@ def comfy_class_info(name: str, spec: Any, catalog: dict) -> dict | None:
         return None
     back = {v: k for k, v in spec.inputs.items() if v}
     inputs = []
+    order = {name: i for i, name in enumerate(getattr(spec, "widgets", ()))}
+    if order:  # ComfyUI's widget order: a ComfyUI frontend saves `widgets_values` in the order it is given
+        ours = dict(ours, inputs=sorted(ours["inputs"], key=lambda i: order.get(back.get(i["name"], i["name"]), -1)))
     for inp in ours["inputs"]:
         inp = dict(inp, name=back.get(inp["name"], inp["name"]), type=_COMFY_TYPES.get(inp["type"], inp["type"]))
         source = spec.choices.get(inp["name"])

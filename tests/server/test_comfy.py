@@ -238,3 +238,10 @@ async def test_object_info_describes_comfy_classes_in_comfy_terms():
     assert "loom-shapes" in ck["input"]["required"]["ckpt_name"][0]
     assert ck["output"] == ["MODEL", "CLIP", "VAE"]
     assert info["VAEDecode"]["name"] == "VAEDecode"  # our own node keeps its entry
+    # widgets in ComfyUI's order (a ComfyUI frontend saves widgets_values in the order it is given)
+    from engine.compat.comfy import COMFY_CLASSES
+
+    for name in ("KSampler", "KSamplerAdvanced", "CLIPTextEncodeSDXL", "LatentUpscale"):
+        listed = [n for part in ("required", "optional") for n in info[name]["input_order"][part]]
+        widgets = [w for w in COMFY_CLASSES[name].widgets if w in listed]
+        assert [n for n in listed if n in widgets] == widgets, (name, listed)

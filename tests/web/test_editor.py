@@ -377,3 +377,44 @@ def test_comfy_api_prompt_opens_as_the_server_translates_it(editor: Any) -> None
     assert page.evaluate("() => window.latentloom.graph.edges.length") == 2
     assert run_and_wait(page) == "success"
     no_console_errors(page)
+
+
+def test_comfy_litegraph_workflow_opens_as_the_server_translates_it(editor: Any) -> None:
+    """A workflow saved by ComfyUI's editor (LiteGraph: positional widget values, a Reroute, a bypassed node, a
+    muted one) opens with the server's translation: ComfyUI's widget order, positions kept, ready to run."""
+    page = editor
+    lg = {
+        "last_node_id": 6, "last_link_id": 5, "version": 0.4, "groups": [], "config": {}, "extra": {},
+        "nodes": [
+            {"id": 1, "type": "LoadImage", "pos": [40, 60], "mode": 0,
+             "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": [1]}, {"name": "MASK", "type": "MASK", "links": None}],
+             "widgets_values": ["example.png", "image"]},
+            {"id": 4, "type": "Reroute", "pos": [300, 80], "mode": 0, "inputs": [{"name": "", "type": "*", "link": 1}],
+             "outputs": [{"name": "", "type": "IMAGE", "links": [2]}]},
+            {"id": 2, "type": "ImageScale", "pos": [420, 60], "mode": 0, "title": "smaller",
+             "inputs": [{"name": "image", "type": "IMAGE", "link": 2}],
+             "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": [3, 5]}], "widgets_values": ["nearest-exact", 24, 16, "disabled"]},
+            {"id": 5, "type": "ImageInvert", "pos": [700, 60], "mode": 4, "inputs": [{"name": "image", "type": "IMAGE", "link": 3}],
+             "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": [4]}]},
+            {"id": 3, "type": "PreviewImage", "pos": [950, 60], "mode": 0, "inputs": [{"name": "images", "type": "IMAGE", "link": 4}]},
+            {"id": 6, "type": "SaveImage", "pos": [950, 400], "mode": 2, "inputs": [{"name": "images", "type": "IMAGE", "link": 5}],
+             "widgets_values": ["muted"]},
+        ],
+        "links": [[1, 1, 0, 4, 0, "IMAGE"], [2, 4, 0, 2, 0, "IMAGE"], [3, 2, 0, 5, 0, "IMAGE"], [4, 5, 0, 3, 0, "IMAGE"],
+                  [5, 2, 0, 6, 0, "IMAGE"]],
+    }
+    page.get_by_test_id("import-file").set_input_files(
+        files=[{"name": "comfy-ui.json", "mimeType": "application/json", "buffer": json.dumps(lg).encode()}]
+    )
+    page.wait_for_selector('.react-flow__node[data-id="3"]')
+    nodes = page.evaluate("() => window.latentloom.graph.nodes")
+    assert set(nodes) == {"1", "2", "3", "5"}, nodes  # the Reroute followed, the muted SaveImage left out
+    scale = nodes["2"]
+    assert scale["type"] == "ImageResize" and scale["values"].get("method") == "nearest", scale
+    assert scale["values"].get("width") == 24 and scale["values"].get("height") == 16 and "upscale_method" not in scale["values"]
+    assert nodes["1"]["values"].get("image") == "example.png" and list(nodes["2"]["pos"]) == [420, 60]
+    assert nodes["5"]["bypass"] is True
+    assert page.evaluate("() => window.latentloom.graph.edges.length") == 3
+    page.wait_for_selector(".ll-toast-error:has-text('node 6 (SaveImage) is muted')")  # the server's warning, shown
+    assert run_and_wait(page) == "success"
+    no_console_errors(page)

@@ -1,6 +1,7 @@
 // The editor's command layer: every edit is one undo step (typing and dragging fold into one).
-import { beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { NodeCatalog } from '../src/model/catalog';
+import { importJson } from '../src/model/importer';
 import { Editor } from '../src/state/editor';
 import { catalog } from './fixtures';
 
@@ -78,5 +79,42 @@ describe('editor commands and undo', () => {
     expect(Object.keys(wf.nodes[d].body!.nodes).sort()).toEqual(['in', inner, 'out'].sort());
     ed.doUndo(); // removes the inner node again, from the root view
     expect(Object.keys(ed.workflow().nodes[d].body!.nodes).sort()).toEqual(['in', 'out']);
+  });
+});
+
+describe('ComfyUI files through the server', () => {
+  const lg = {
+    nodes: [
+      { id: 1, type: 'LoadImage', pos: [0, 0], widgets_values: ['a.png', 'image'], outputs: [{ name: 'IMAGE', links: [1] }] },
+      { id: 2, type: 'ImageBlur', pos: [200, 0], inputs: [{ name: 'image', link: 1 }], widgets_values: [3] },
+    ],
+    links: [[1, 1, 0, 2, 0, 'IMAGE']],
+  };
+  let sent: { url: string; body: unknown }[] = [];
+  const answer = (status: number, body: unknown) => {
+    sent = [];
+    vi.stubGlobal('window', { location: { pathname: '/' } });
+    vi.stubGlobal('fetch', async (url: string, init: RequestInit) => {
+      sent.push({ url, body: JSON.parse(String(init.body)) });
+      return new Response(JSON.stringify(body), { status });
+    });
+  };
+  afterEach(() => vi.unstubAllGlobals());
+
+  it('sends a LiteGraph workflow to the server and opens its translation with its warnings', async () => {
+    const translated = { format: 'latentloom.workflow', version: 1, nodes: { '2': { type: 'ImageBlur', inputs: { radius: 3 }, ui: { pos: [200, 0] } } }, ui: { source: 'comfyui' } };
+    answer(200, { workflow: translated, warnings: ['node 1 (LoadImage) is muted in ComfyUI: left out'] });
+    const t = await ed.serverTranslation(importJson(lg, new NodeCatalog(catalog)));
+    expect(sent).toEqual([{ url: '/api/v1/convert/comfy', body: { workflow: lg } }]);
+    expect(t.workflow).toEqual(translated);
+    expect(t.warnings).toEqual(['node 1 (LoadImage) is muted in ComfyUI: left out']);
+  });
+
+  it('keeps the class-name import when the server refuses, with its message', async () => {
+    answer(400, { error: { type: 'invalid_prompt', message: "node 2: ComfyUI class_type 'ImageBlur' is not supported" } });
+    const imp = importJson(lg, new NodeCatalog(catalog));
+    const t = await ed.serverTranslation(imp);
+    expect(t.workflow).toEqual(imp.workflow);
+    expect(t.warnings.join(' ')).toMatch(/could not translate this ComfyUI workflow \(node 2: ComfyUI class_type 'ImageBlur' is not supported\)/);
   });
 });

@@ -108,6 +108,11 @@ describe('ComfyUI import', () => {
     expect(r.workflow.nodes['1'].inputs).toEqual({ seed: 42 });
     expect(r.workflow.nodes['2'].inputs).toEqual({ image: 'b.png' });
     expect(r.workflow.nodes['3']).toMatchObject({ mode: 'bypass', inputs: { image: { node: '2', output: 'image' }, radius: 9 } });
+    expect(r.litegraph).toBe(lg); // kept for the server's exact translation
+    // a ComfyUI PNG with only the editor's workflow chunk goes the same way
+    const p = importPngText({ workflow: JSON.stringify(lg) }, c);
+    expect(p.origin).toBe('comfyui');
+    expect(p.litegraph).toEqual(lg);
   });
 
   it('refuses JSON that is no workflow', () => {

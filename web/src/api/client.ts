@@ -91,7 +91,11 @@ export const api = {
   },
   /** A ComfyUI API prompt translated as POST /prompt would run it (input renames, sampler names). */
   fromComfy: (prompt: Record<string, unknown>) =>
-    request<{ workflow: Workflow }>('POST', `${API}/convert/comfy`, { prompt }),
+    request<{ workflow: Workflow; warnings?: string[] }>('POST', `${API}/convert/comfy`, { prompt }),
+  /** A ComfyUI editor (LiteGraph) workflow, rebuilt into its API prompt on the server and translated the same way
+   * (widget values by ComfyUI's widget order, Reroutes and PrimitiveNodes resolved); positions in `ui.pos`. */
+  fromComfyWorkflow: (workflow: Record<string, unknown>) =>
+    request<{ workflow: Workflow; warnings?: string[] }>('POST', `${API}/convert/comfy`, { workflow }),
   library: () => request<{ items: LibraryItem[] }>('GET', `${API}/workflows`),
   loadWorkflow: (path: string) => request<unknown>('GET', `${API}/workflows/${encPath(path)}`),
   saveWorkflow: (path: string, wf: Workflow) => request<{ path: string }>('PUT', `${API}/workflows/${encPath(path)}`, wf),

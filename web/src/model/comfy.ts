@@ -86,7 +86,8 @@ export function liteGraphPositions(wf: { nodes: LGNode[] }): Record<string, [num
 
 /**
  * A LiteGraph workflow without its API prompt (a ComfyUI file saved from the editor): links come from
- * the `links` table, widget values are matched in order to the catalog's literal inputs.
+ * the `links` table, widget values are matched in order to the catalog's literal inputs. The fallback only:
+ * the editor asks the server first (POST /api/v1/convert/comfy with `workflow`), which knows ComfyUI's widget order.
  */
 export function liteGraphToWorkflow(wf: { nodes: LGNode[]; links?: unknown[] }, catalog: NodeCatalog): ImportResult {
   const warnings: string[] = [];

@@ -12,6 +12,8 @@ export interface Imported {
   origin: 'latentloom' | 'comfyui-api' | 'comfyui';
   /** a ComfyUI API prompt, for the server's exact translation (the local one maps class names only) */
   prompt?: Record<string, unknown>;
+  /** a ComfyUI editor (LiteGraph) workflow, for the server's exact translation (widget order, Reroutes, PrimitiveNodes) */
+  litegraph?: Record<string, unknown>;
 }
 
 export class ImportError extends Error {}
@@ -22,7 +24,7 @@ export function importJson(data: unknown, catalog: NodeCatalog): Imported {
     throw new ImportError(`not a Latent Loom workflow: 'format' is ${JSON.stringify(data.format)}`);
   }
   if (isComfyPrompt(data)) return { ...comfyPromptToWorkflow(data, catalog), origin: 'comfyui-api', prompt: unwrapPrompt(data) };
-  if (isLiteGraphWorkflow(data)) return { ...liteGraphToWorkflow(data, catalog), origin: 'comfyui' };
+  if (isLiteGraphWorkflow(data)) return { ...liteGraphToWorkflow(data, catalog), origin: 'comfyui', litegraph: data as Record<string, unknown> };
   throw new ImportError('this JSON is neither a Latent Loom workflow nor a ComfyUI workflow or API prompt');
 }
 
@@ -43,7 +45,7 @@ export function importPngText(chunks: Record<string, string>, catalog: NodeCatal
     const pos = isLiteGraphWorkflow(wf) ? liteGraphPositions(wf) : {};
     return { ...comfyPromptToWorkflow(prompt, catalog, pos), origin: 'comfyui-api', prompt: unwrapPrompt(prompt) };
   }
-  if (isLiteGraphWorkflow(wf)) return { ...liteGraphToWorkflow(wf, catalog), origin: 'comfyui' };
+  if (isLiteGraphWorkflow(wf)) return { ...liteGraphToWorkflow(wf, catalog), origin: 'comfyui', litegraph: wf as Record<string, unknown> };
   if (isPlainObject(prompt) && prompt.format === FORMAT) return { workflow: prompt as unknown as Workflow, warnings: [], origin: 'latentloom' };
   throw new ImportError(
     Object.keys(chunks).length

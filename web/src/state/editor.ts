@@ -570,9 +570,19 @@ export class Editor {
     setTimeout(() => URL.revokeObjectURL(a.href), 1000);
   }
 
-  /** A ComfyUI API prompt opens as the server translates it for running (input renames, sampler names, output
-   * indices); the local translation (class names only) gives the positions, and is kept if the server refuses. */
+  /** A ComfyUI file opens as the server translates it for running: an API prompt (input renames, sampler names,
+   * output indices; the local translation gives the positions), or an editor (LiteGraph) workflow (rebuilt into its
+   * prompt by ComfyUI's widget order; the server keeps the positions). The local translation (class names only) is
+   * kept if the server refuses, with its message as a warning. */
   async serverTranslation(imp: Imported): Promise<Imported> {
+    if (imp.origin === 'comfyui' && imp.litegraph) {
+      try {
+        const { workflow, warnings } = await api.fromComfyWorkflow(imp.litegraph);
+        return { ...imp, workflow, warnings: warnings ?? [] };
+      } catch (e) {
+        return { ...imp, warnings: [...imp.warnings, `the server could not translate this ComfyUI workflow (${(e as Error).message}); opened with class names only`] };
+      }
+    }
     if (imp.origin !== 'comfyui-api' || !imp.prompt) return imp;
     try {
       const { workflow } = await api.fromComfy(imp.prompt);
@@ -609,7 +619,7 @@ export class Editor {
     try {
       const data = JSON.parse(text);
       const imp = importJson(data, this.s.catalog);
-      if (imp.origin === 'comfyui-api') {
+      if (imp.origin !== 'latentloom') {
         void this.serverTranslation(imp).then((t) => this.loadWorkflow(t.workflow, { path: null, source: null }, { dirty: true, warnings: t.warnings }));
         return true;
       }
