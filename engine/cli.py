@@ -50,14 +50,20 @@ def apply_sets(workflow: dict, sets: Sequence[str]) -> dict:
 
 
 def load_any_workflow(path: str | Path) -> tuple[dict, dict | None]:
-    """Read our format or a ComfyUI API-format prompt; returns (our workflow, the ComfyUI prompt or None)."""
+    """Read our format, a ComfyUI API-format prompt or a ComfyUI editor (LiteGraph) workflow; returns (our
+    workflow, the ComfyUI prompt or None). What a ComfyUI workflow loses in translation is said on stderr."""
     from .workflow import read_json
 
     data = read_json(path)
-    from .compat.comfy import is_comfy_prompt, prompt_to_workflow
+    from .compat.comfy import is_comfy_prompt, is_litegraph_workflow, litegraph_to_workflow, prompt_to_workflow
 
     if is_comfy_prompt(data):
         return prompt_to_workflow(data), data
+    if is_litegraph_workflow(data):
+        workflow, warnings = litegraph_to_workflow(data)
+        for warning in warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        return workflow, None
     return data, None
 
 

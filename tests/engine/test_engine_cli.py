@@ -251,6 +251,36 @@ def test_comfyui_api_prompt_runs_through_the_script(dirs):
     assert json.loads(img.text["workflow"])["nodes"]["2"]["type"] == "ImageResize"
 
 
+def test_comfyui_editor_workflow_runs_through_the_script(dirs):
+    """A workflow saved from ComfyUI's editor (LiteGraph: positional widget values, a Reroute, a muted node) runs."""
+    workflow = {
+        "last_node_id": 5, "last_link_id": 3,
+        "nodes": [
+            {"id": 1, "type": "LoadImage", "pos": [10, 10], "mode": 0, "inputs": [],
+             "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": [1]}, {"name": "MASK", "type": "MASK", "links": None}],
+             "widgets_values": ["example.png", "image"]},
+            {"id": 4, "type": "Reroute", "pos": [200, 10], "mode": 0, "inputs": [{"name": "", "type": "*", "link": 1}],
+             "outputs": [{"name": "", "type": "IMAGE", "links": [2]}]},
+            {"id": 2, "type": "ImageScale", "pos": [300, 10], "mode": 0,
+             "inputs": [{"name": "image", "type": "IMAGE", "link": 2}],
+             "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": [3]}],
+             "widgets_values": ["nearest-exact", 40, 24, "disabled"]},
+            {"id": 3, "type": "SaveImage", "pos": [600, 10], "mode": 0, "inputs": [{"name": "images", "type": "IMAGE", "link": 3}],
+             "outputs": [], "widgets_values": ["litegraph"]},
+            {"id": 5, "type": "PreviewImage", "pos": [600, 300], "mode": 2, "inputs": [{"name": "images", "type": "IMAGE", "link": None}],
+             "outputs": [], "widgets_values": []},
+        ],
+        "links": [[1, 1, 0, 4, 0, "IMAGE"], [2, 4, 0, 2, 0, "IMAGE"], [3, 2, 0, 3, 0, "IMAGE"]],
+        "groups": [], "config": {}, "extra": {}, "version": 0.4,
+    }
+    path = write(dirs["tmp"], workflow, "comfy-editor.json")
+    p = _loom("run", path, "--out", str(dirs["out"]), "--input-dir", str(dirs["in"]), "--json", cwd=dirs["tmp"])
+    assert p.returncode == 0, p.stderr
+    (png,) = json.loads(p.stdout)["outputs"]["3"]
+    assert Image.open(png).size == (40, 24) and "litegraph" in Path(png).name
+    assert "5" in p.stderr and "muted" in p.stderr.lower()  # what was left out is said
+
+
 def test_script_exit_codes(dirs):
     bad = write(dirs["tmp"], BAD_FILES["version_99"][0], "v99.json")
     p = _loom("run", bad, cwd=dirs["tmp"])
