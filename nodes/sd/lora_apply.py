@@ -12,8 +12,10 @@ Formats (all read from the file's keys; nothing is guessed from the file name):
   `.hada_w2_a`, `.hada_w2_b`, optional `.hada_t1` / `.hada_t2`), LoKr (`.lokr_w1` or `.lokr_w1_a/_b`, `.lokr_w2`
   or `.lokr_w2_a/_b`, optional `.lokr_t2`) and full weight differences (`.diff`), with LyCORIS' scales (LoHa
   alpha / rank; LoKr alpha / the factorised side's rank, 1 when neither side is factorised; `.diff` 1), as
-  LyCORIS, peft's LoHa/LoKr and ComfyUI compute them. DoRA magnitudes and bias differences are reported, not
-  applied.
+  LyCORIS, peft's LoHa/LoKr and ComfyUI compute them.
+- DoRA (`.dora_scale`, kohya/LyCORIS; `.lora_magnitude_vector`, peft): the patched weight W + delta is rescaled to
+  the stored magnitude per output row (or per input column, LyCORIS' `wd_on_out=False`), as peft merges it; a
+  strength s gives W + s * (that - W), as ComfyUI does. Bias differences are reported, not applied.
 
 The delta of one module is `strength * alpha / rank * up @ down` (for 3x3 convolutions composed as peft does),
 computed exactly as peft's `get_delta_weight` + diffusers' `fuse_lora(lora_scale=strength)`, so a patched model
@@ -63,10 +65,11 @@ _ROLE_RES = [
 ]
 # LyCORIS parts: key suffix -> part name (the base is what precedes the suffix)
 _LYCORIS_RE = re.compile(r"^(.+)\.(hada_w1_a|hada_w1_b|hada_w2_a|hada_w2_b|hada_t1|hada_t2|lokr_w1|lokr_w1_a|lokr_w1_b|"
-                         r"lokr_w2|lokr_w2_a|lokr_w2_b|lokr_t2|diff|lora_mid)(?:\.weight)?$")
+                         r"lokr_w2|lokr_w2_a|lokr_w2_b|lokr_t2|diff|lora_mid|dora_scale|lora_magnitude_vector)"
+                         r"(?:\.weight)?$")
 _UNSUPPORTED = {  # key fragment -> what it is
-    "dora_scale": "DoRA magnitude", "lora_magnitude_vector": "DoRA magnitude", ".diff_b": "bias difference",
-    "lora_B.bias": "LoRA bias", ".bias_indices": "bias difference", ".bias_values": "bias difference",
+    ".diff_b": "bias difference", "lora_B.bias": "LoRA bias", ".bias_indices": "bias difference",
+    ".bias_values": "bias difference",
 }
 _LOHA = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
 
@@ -143,7 +146,12 @@ def parse_lora(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None
             continue
         m = _LYCORIS_RE.match(key)
         if m:
-            lycoris.setdefault(m.group(1), {})[m.group(2)] = value
+            part = m.group(2)
+            if part in ("dora_scale", "lora_magnitude_vector"):
+                # peft's magnitude is per output channel whatever its shape ([out] or [1, out, 1, 1]); kohya's
+                # dora_scale says its axis by its shape ([out, 1, ...], or [1, in, ...] for LyCORIS' wd_on_out=False)
+                part, value = "dora", value.flatten() if part == "lora_magnitude_vector" else value
+            lycoris.setdefault(m.group(1), {})[part] = value
             continue
         for rx, role in _ROLE_RES:
             m = rx.match(key)
@@ -158,18 +166,22 @@ def parse_lora(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None
         extra = lycoris.pop(base, {})
         alpha = float(p["alpha"].item()) if "alpha" in p else None
         if "down" in p and "up" in p:
-            mid = {"lora_mid": extra.pop("lora_mid")} if "lora_mid" in extra else {}
-            layers[base] = LoraLayer(key=base, down=p["down"], up=p["up"], alpha=alpha, parts=mid)
+            own = {k: extra.pop(k) for k in ("lora_mid", "dora") if k in extra}
+            layers[base] = LoraLayer(key=base, down=p["down"], up=p["up"], alpha=alpha, parts=own)
         elif "down" in p or "up" in p:
             orphans.append(base)
         if extra:
             lycoris[base] = {**extra, "alpha": p["alpha"]} if "alpha" in p else extra
     for base, p in lycoris.items():
         alpha = float(p["alpha"].item()) if "alpha" in p else None
-        layer = _lycoris_layer(base, {k: v for k, v in p.items() if k != "alpha"}, alpha)
+        dora = p.get("dora")
+        layer = _lycoris_layer(base, {k: v for k, v in p.items() if k not in ("alpha", "dora")}, alpha)
         if layer is None:
-            unsupported.update({f"{base}.{k}": "incomplete LyCORIS layer" for k in p if k != "alpha"})
+            unsupported.update({f"{base}.{k}": "incomplete LyCORIS layer" if k != "dora" else "DoRA magnitude without its LoRA"
+                                for k in p if k != "alpha"})
         else:
+            if dora is not None:
+                layer.parts["dora"] = dora
             layers[base] = layer
     meta: dict[str, Any] = {}
     raw = (metadata or {}).get(METADATA_KEY)
@@ -183,6 +195,8 @@ def parse_lora(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None
 
 def _lycoris_layer(base: str, p: dict[str, torch.Tensor], alpha: float | None) -> LoraLayer | None:
     """LoHa, LoKr or a full difference from its parts; None when parts are missing."""
+    if not p:
+        return None
     if any(k.startswith("hada_") for k in p):
         if not all(k in p for k in _LOHA) or (("hada_t1" in p) != ("hada_t2" in p)):
             return None
@@ -451,6 +465,21 @@ class LoraPatch:
         return f"LoRA {self.name} x{self.strength:g} ({layers} layers)"
 
 
+def _dora(weight: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
+    """DoRA: `weight` (W + delta, fp32) rescaled so each output row's norm is the stored magnitude ([out] or
+    [out, 1, ...]); a magnitude of shape [1, in, ...] (LyCORIS' wd_on_out=False) rescales input columns."""
+    m = magnitude.to(device=weight.device, dtype=torch.float32)
+    if m.numel() == weight.shape[0] and (m.ndim == 1 or m.shape[0] == weight.shape[0]):
+        norm = weight.reshape(weight.shape[0], -1).norm(dim=1)
+        shape = (weight.shape[0],) + (1,) * (weight.ndim - 1)
+    elif m.numel() == weight.shape[1]:
+        norm = weight.transpose(0, 1).reshape(weight.shape[1], -1).norm(dim=1)
+        shape = (1, weight.shape[1]) + (1,) * (weight.ndim - 2)
+    else:
+        raise LoraError(f"a DoRA magnitude of shape {list(magnitude.shape)} does not fit a weight {list(weight.shape)}")
+    return weight * (m.reshape(shape) / norm.reshape(shape))
+
+
 def _cp(t: torch.Tensor, wa: torch.Tensor, wb: torch.Tensor) -> torch.Tensor:
     """A Tucker (CP) rebuild: core [r, r, kh, kw] with wa [r, out] and wb [r, in] -> [out, in, kh, kw]."""
     return torch.einsum("i j k l, i p, j r -> p r k l", t, wa, wb)
@@ -540,6 +569,11 @@ def _compute(model: torch.nn.Module, patches: tuple, target: str) -> _Applied:
             w = module._parameters["weight"]
             new = w.detach() if w.dtype == torch.float32 else w.detach().float()
             for r, strength in entries:
+                magnitude = r.layer.parts.get("dora")
+                if magnitude is not None:  # DoRA: not additive; applied to the weight as patched so far
+                    calc = _dora(new + delta_weight(w, r.layer, r.scale), magnitude)
+                    new = calc if strength == 1 else new + strength * (calc - new)
+                    continue
                 scale = r.scale
                 if strength != 1:
                     scale *= strength  # peft's scale_layer(lora_scale), as diffusers' fuse_lora does

@@ -110,7 +110,7 @@ def lora_dir(models_dir, base_models):
     partial = kohya_sd15(unet, te, seed=5)
     partial.update({"lora_unet_down_blocks_9_nothing.lora_down.weight": torch.zeros(2, 8),
                     "lora_unet_down_blocks_9_nothing.lora_up.weight": torch.zeros(8, 2),
-                    "lora_unet_mid_block_resnets_0_conv1.dora_scale": torch.ones(64, 1, 1, 1)})
+                    "lora_unet_mid_block_resnets_0_conv1.diff_b": torch.zeros(64)})  # a bias difference: not applied
     save_file(partial, str(d / "partial.safetensors"))
     te_only = {k: v for k, v in kohya_sd15(unet, te, seed=6).items() if k.startswith("lora_te_")}
     save_file(te_only, str(d / "te-only.safetensors"))
@@ -303,7 +303,7 @@ def test_partial_match_is_a_warning_with_counts(lora_dir, base_models, tmp_path)
     n = len(kohya_sd15(*base_models)) // 3
     msg = warnings[0].message
     assert f"applied {n} of {n + 1} layers" in msg and "2 keys not applied" in msg, msg
-    assert "lora_unet_down_blocks_9_nothing" in msg and "DoRA" in msg
+    assert "lora_unet_down_blocks_9_nothing" in msg and "bias difference" in msg
 
 
 def test_model_only_and_text_only_files(lora_dir, tmp_path):
@@ -400,14 +400,15 @@ def _lycoris_reference(unet, config, seed: int) -> tuple[dict, dict]:
     return file, merged
 
 
-def _patched(unet, file: dict, strength: float = 1.0) -> tuple[dict, int]:
+def _patched(unet, file: dict, strength: float = 1.0, metadata: dict | None = None) -> tuple[dict, int]:
+    """The UNet's weights with `file` applied at `strength` (restored afterwards), and how many layers matched."""
     import tempfile
 
     from nodes.sd.lora_apply import apply_patches, load_patches
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "lycoris.safetensors"
-        save_file(file, str(path))
+        save_file(file, str(path), metadata={"lora_adapter_metadata": json.dumps(metadata)} if metadata else None)
         loaded = load_patches(path, unet, {}, strength, 0.0)
         assert loaded.warning is None, loaded.warning
         restore = apply_patches(unet, (loaded.unet_patch,), "unet")
@@ -482,3 +483,56 @@ def test_incomplete_lycoris_layers_are_named(base_models, tmp_path):
     save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.hada_w1_a": torch.zeros(4, 2)}, str(path))
     with pytest.raises(LoraError, match="hada_w1_a"):
         load_patches(path, unet, {}, 1.0, 0.0)
+
+
+@pytest.mark.parametrize("layout", ["kohya", "peft"])
+def test_dora_equals_peft_merge(base_models, layout):
+    """DoRA (magnitude + direction): kohya/LyCORIS `.dora_scale` and peft `.lora_magnitude_vector` files give the
+    weights peft's DoRA layers merge to; a strength s gives W + s * (DoRA weight - W), as ComfyUI does."""
+    import copy
+
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.utils import get_peft_model_state_dict
+
+    unet, _ = base_models
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["to_q", "to_v", "conv1", "proj_in"], use_dora=True,
+                        init_lora_weights=False)
+    torch.manual_seed(13)
+    model = inject_adapter_in_model(config, copy.deepcopy(unet))
+    g = gen(14)
+    with torch.no_grad():  # a magnitude other than the weights' own norms, so the rescaling shows
+        for name, p in model.named_parameters():
+            if "lora_magnitude_vector" in name:
+                p.mul_(1 + 0.2 * torch.rand(p.shape, generator=g))
+    file: dict[str, torch.Tensor] = {}
+    for key, value in get_peft_model_state_dict(model).items():
+        module, part = key.split(".lora_", 1)
+        if layout == "peft":
+            file["unet." + key] = value.detach().clone()
+            continue
+        base = "lora_unet_" + module.replace(".", "_")
+        if part.startswith("A"):
+            file[f"{base}.lora_down.weight"] = value.detach().clone()
+            file[f"{base}.alpha"] = torch.tensor(8.0)
+        elif part.startswith("B"):
+            file[f"{base}.lora_up.weight"] = value.detach().clone()
+        else:  # the magnitude, as kohya stores it: [out, 1, ...]
+            shape = dict(model.named_modules())[module].base_layer.weight.shape
+            file[f"{base}.dora_scale"] = value.detach().clone().reshape(shape[0], *[1] * (len(shape) - 1))
+    merged = {}
+    for name, m in model.named_modules():
+        if hasattr(m, "base_layer") and hasattr(m, "merge"):
+            m.merge()
+            merged[name] = m.base_layer.weight.detach().clone()
+    assert len(merged) >= 8
+    before = {n: m.weight.detach().clone() for n, m in unet.named_modules() if n in merged}
+    # peft files carry alpha in the adapter metadata (without it alpha = rank)
+    meta = {"unet.r": 4, "unet.lora_alpha": 8, "unet.use_dora": True} if layout == "peft" else None
+    ours, matched = _patched(unet, file, metadata=meta)
+    assert matched == len(merged)
+    for name, ref in merged.items():
+        assert torch.allclose(ours[name], ref, atol=1e-5, rtol=1e-4), (name, (ours[name] - ref).abs().max())
+        assert not torch.equal(ours[name], before[name])
+    half, _ = _patched(unet, file, strength=0.5, metadata=meta)
+    for name, ref in merged.items():
+        assert torch.allclose(half[name], before[name] + 0.5 * (ref - before[name]), atol=1e-5, rtol=1e-4), name
