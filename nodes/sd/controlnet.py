@@ -174,13 +174,13 @@ def _controlnet_params() -> set[str]:
 
 def infer_ldm_config(shapes: Mapping[str, tuple], metadata: Mapping[str, str] | None = None) -> tuple[str, dict[str, Any]]:
     """(arch, ControlNetModel config) from original-layout keys (without the `control_model.` prefix)."""
+    from . import detect, loading
     from . import ldm_convert as lc
-    from . import loading
 
     if "input_blocks.0.0.weight" not in shapes or "input_hint_block.0.weight" not in shapes:
         raise ControlNetError("not a ControlNet in the original layout (no input_blocks / input_hint_block)")
     prefixed = {lc.UNET_PREFIX + k: tuple(v) for k, v in shapes.items()}
-    facts = loading._unet_facts(prefixed)
+    facts = detect._unet_facts(prefixed)
     if "label_emb.0.0.weight" in shapes:
         arch = "sdxl"
     elif facts.get("linear_proj") or facts.get("context_dim") == 1024:
@@ -188,7 +188,7 @@ def infer_ldm_config(shapes: Mapping[str, tuple], metadata: Mapping[str, str] | 
     else:
         arch = "sd15"
     base = loading.component_configs(arch)["unet"]
-    unet_facts, guesses = loading._infer_unet(prefixed, base)
+    unet_facts, guesses = detect._infer_unet(prefixed, base)
     cfg = {k: v for k, v in base.items() if not k.startswith("_")}
     cfg.update(guesses)
     cfg.update(_metadata_config(metadata))
@@ -201,7 +201,7 @@ def infer_ldm_config(shapes: Mapping[str, tuple], metadata: Mapping[str, str] | 
 
 def _infer_diffusers_config(shapes: Mapping[str, tuple], metadata: Mapping[str, str] | None) -> dict[str, Any]:
     """Config of a single file with diffusers key names, from its shapes."""
-    from . import loading
+    from . import detect, loading
 
     levels = len({k.split(".")[1] for k in shapes if k.startswith("down_blocks.")})
     per_level = len({k.split(".")[3] for k in shapes if k.startswith("down_blocks.0.resnets.")})
@@ -217,7 +217,7 @@ def _infer_diffusers_config(shapes: Mapping[str, tuple], metadata: Mapping[str, 
     arch = "sdxl" if sdxl else ("sd2" if (proj is not None and len(proj) == 2) or ctx == 1024 else "sd15")
     base = loading.component_configs(arch)["unet"]
     cfg = {k: v for k, v in base.items() if not k.startswith("_")}
-    cfg["attention_head_dim"] = loading._guess_unet_heads(channels, base.get("attention_head_dim"))
+    cfg["attention_head_dim"] = detect._guess_unet_heads(channels, base.get("attention_head_dim"))
     cfg.update(_metadata_config(metadata))
     cfg.update(block_out_channels=channels, layers_per_block=per_level, down_block_types=down,
                transformer_layers_per_block=layers if any(n > 1 for n in layers) else 1,
