@@ -9,6 +9,7 @@ the engine stays light for `loom validate`.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections import OrderedDict
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -40,6 +41,33 @@ def resolve_dtype(device: str, choice: str = "auto") -> Any:
     if choice == "auto":
         return torch.float32 if str(device) == "cpu" else torch.float16
     return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[choice]
+
+
+_first_slots: "weakref.WeakKeyDictionary[Any, tuple[Any, str] | None]" = weakref.WeakKeyDictionary()
+
+
+def first_parameter(module: Any) -> Any:
+    """`next(module.parameters(), None)` in O(1): the slot (submodule, name) of the first parameter is found once
+    per module; reading it again sees a parameter swapped in there (a LoRA patch) or moved (`.to()`)."""
+    try:
+        slot = _first_slots[module]
+    except (KeyError, TypeError):
+        slot = None
+        for sub in module.modules():
+            for name, p in sub._parameters.items():
+                if p is not None:
+                    slot = (sub, name)
+                    break
+            if slot is not None:
+                break
+        try:
+            _first_slots[module] = slot
+        except TypeError:  # not weak-referenceable: no memo
+            pass
+    if slot is None:
+        return next(module.parameters(), None)
+    p = slot[0]._parameters.get(slot[1])
+    return p if p is not None else next(module.parameters(), None)
 
 
 def module_bytes(module: Any) -> int:
@@ -108,7 +136,7 @@ class DeviceManager:
         want = dtype or self.dtype
         key = id(module)
         with self._lock:
-            p = next(module.parameters(), None)
+            p = first_parameter(module)
             if p is not None and (p.device != self.device or p.dtype != want):
                 if self.is_cuda:
                     self._offload_for(module_bytes(module))

@@ -38,6 +38,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from engine.devices import first_parameter
+
 from .fused_step import (  # the fused step's maths (re-exported: tests and the benchmark read them here)
     FUSED_KINDS, FusedControls, Recipe, fused_controls, fused_recipe, make_step, scheduler_update, step_constants,
     update_ddim, update_dpmpp_2m, update_euler, update_euler_a,
@@ -416,7 +418,7 @@ def _weights_token(model: torch.nn.Module, device: torch.device) -> tuple:
     """Cheap evidence of what the weights are: a move or re-cast (`.to()`) gives every parameter new storage,
     and a LoRA patch swaps parameter objects, so the first parameter's storage and flags tell the states apart
     (a patch that does not touch the first layer keeps the weights' layout: `lora_apply` copies it)."""
-    p = next(model.parameters(), None)
+    p = first_parameter(model)
     if p is None:
         return (device.type, None)
     return (device.type, p.device, p.dtype, p.data_ptr(), p.requires_grad, tuple(p.stride()))
