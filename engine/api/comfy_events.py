@@ -63,8 +63,8 @@ class ComfyMapper:
         if kind == "node_started":
             nid = event["node_id"]
             out.append(self._msg("executing", node=nid, display_node=nid))
-        elif kind == "node_progress":
-            out.append(self._msg("progress", value=_int_if_whole(event["value"]), max=_int_if_whole(event.get("max")),
+        elif kind == "node_progress" and event.get("max") is not None:  # ComfyUI has no indeterminate progress
+            out.append(self._msg("progress", value=_int_if_whole(event["value"]), max=_int_if_whole(event["max"]),
                                  node=event["node_id"]))
         elif kind == "node_finished":
             nid = event["node_id"]

@@ -101,6 +101,7 @@ def test_comfy_mapper_order():
     m = ComfyMapper("p1")
     out = []
     for ev in [{"type": "run_started", "nodes": ["1", "2"]}, {"type": "node_started", "node_id": "1", "node_type": "X"},
+               {"type": "node_progress", "node_id": "1", "value": 0, "max": None, "text": "compiling UNet"},  # no max: not sent
                {"type": "node_progress", "node_id": "1", "value": 1, "max": 2},
                {"type": "node_finished", "node_id": "1", "node_type": "X", "seconds": 0, "cached": False, "ui": None},
                {"type": "node_finished", "node_id": "2", "node_type": "Y", "seconds": 0, "cached": True,
