@@ -11,8 +11,9 @@ not_in_choices, cycle, no_output, bypass_no_input, loop_body, unknown_output_nod
 
 from __future__ import annotations
 
+from collections import ChainMap
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import networkx as nx
 from pydantic import BaseModel
@@ -331,40 +332,71 @@ def _cycle_error(g: nx.DiGraph, prefix: str) -> GraphError | None:
     return GraphError(node_id=on_cycle[0], code="cycle", message=f"the graph has a cycle: {' -> '.join(on_cycle + on_cycle[:1])}")
 
 
+def _through(nodes: Mapping[str, GNode], src: str, out: str) -> tuple[str, str] | None:
+    """Where a link from bypassed node `src` really comes from: its input of a matching type, followed through
+    chains of bypassed nodes; None when there is none (or the chain loops)."""
+    seen = set()
+    while src in nodes and nodes[src].bypass:
+        if src in seen:
+            return None
+        seen.add(src)
+        b = nodes[src]
+        otype = next((o.type.name for o in b.outputs if o.name == out), None)
+        match = None
+        for iname, (s, o) in b.links.items():
+            s_node = nodes.get(s)
+            s_type = next((x.type.name for x in s_node.outputs if x.name == o), None) if s_node else None
+            if s_type is not None and otype is not None and can_connect(s_type, otype):
+                match = (s, o)
+                break
+        if match is None:
+            return None
+        src, out = match
+    return src, out
+
+
+def _rewire(n: GNode, nodes: Mapping[str, GNode], errors: list[GraphError], prefix: str,
+            local: Mapping[str, GNode] | None = None) -> None:
+    """Point `n`'s links that leave a bypassed node of `nodes` at what passes through it (links to `local` ids,
+    a body's own nodes, shadow the graph around it and are left alone)."""
+    for iname, (src, out) in list(n.links.items()):
+        if local is not None and src in local:
+            continue
+        if src in nodes and nodes[src].bypass:
+            target = _through(nodes, src, out)
+            if target is None:
+                errors.append(GraphError(node_id=prefix + n.id, input=iname, code="bypass_no_input",
+                                         message=f"node {src!r} is bypassed but has no input of the type of its output {out!r} to pass through"))
+            else:
+                n.links[iname] = target
+
+
+def _rewire_body(body: Body, outer: Mapping[str, GNode], errors: list[GraphError], prefix: str,
+                 shadow: Mapping[str, GNode] | None = None) -> None:
+    """A loop body's links to bypassed nodes of a graph around it, rewired as that graph's own links are (nested
+    bodies too; the ids of the bodies in between shadow the outer graph's); the body's outer dependencies follow."""
+    local = ChainMap(body.nodes, shadow) if shadow is not None else body.nodes
+    for bn in body.nodes.values():
+        _rewire(bn, outer, errors, prefix, local=local)
+        if bn.body is not None:
+            _rewire_body(bn.body, outer, errors, prefix + bn.id + "/", local)
+    deps: set[str] = set()
+    for bn in body.nodes.values():
+        deps.update(src for src, _ in bn.links.values() if src not in body.nodes)
+        if bn.body is not None:
+            deps.update(src for src in bn.body.outer_deps if src not in body.nodes)
+    body.outer_deps = deps
+
+
 def _resolve_bypass(nodes: dict[str, GNode], errors: list[GraphError], prefix: str) -> None:
-    """Rewire links that leave a bypassed node to that node's input of a matching type (ComfyUI's bypass)."""
+    """Rewire links that leave a bypassed node to that node's input of a matching type (ComfyUI's bypass), in
+    this graph and in the loop bodies inside it that read its nodes."""
     if not any(n.bypass for n in nodes.values()):
         return
-
-    def through(src: str, out: str) -> tuple[str, str] | None:
-        seen = set()
-        while src in nodes and nodes[src].bypass:
-            if src in seen:
-                return None
-            seen.add(src)
-            b = nodes[src]
-            otype = next((o.type.name for o in b.outputs if o.name == out), None)
-            match = None
-            for iname, (s, o) in b.links.items():
-                s_node = nodes.get(s)
-                s_type = next((x.type.name for x in s_node.outputs if x.name == o), None) if s_node else None
-                if s_type is not None and otype is not None and can_connect(s_type, otype):
-                    match = (s, o)
-                    break
-            if match is None:
-                return None
-            src, out = match
-        return src, out
-
     for n in nodes.values():
-        for iname, (src, out) in list(n.links.items()):
-            if src in nodes and nodes[src].bypass:
-                target = through(src, out)
-                if target is None:
-                    errors.append(GraphError(node_id=prefix + n.id, input=iname, code="bypass_no_input",
-                                             message=f"node {src!r} is bypassed but has no input of the type of its output {out!r} to pass through"))
-                else:
-                    n.links[iname] = target
+        _rewire(n, nodes, errors, prefix)
+        if n.body is not None:
+            _rewire_body(n.body, nodes, errors, prefix + n.id + "/")
 
 
 def validate(raw: Any, registry: Registry, settings: Any = None, targets: Iterable[str] | None = None) -> tuple[Graph | None, list[GraphError]]:

@@ -70,6 +70,31 @@ def test_body_with_several_nodes_and_outer_links(executor):
     assert list(r.nodes).index("k") < list(r.nodes).index("loop")
 
 
+def test_body_reading_a_bypassed_outer_node_reads_what_passes_through(executor):
+    """A body link to a bypassed node of the graph around it is rewired like the graph's own links (found by
+    the property test: the loop's signature looked the bypassed node up)."""
+    body = {"nodes": {
+        "in": {"type": "LoopInput"},
+        "plus": {"type": "Add", "inputs": {"a": ln("in", "value"), "b": ln("skip", "value")}},
+        "out": {"type": "LoopOutput", "inputs": {"value": ln("plus", "value")}},
+    }}
+    extra = {"k": {"type": "Const", "inputs": {"value": 10}},
+             "skip": {"type": "Double", "inputs": {"x": ln("k", "value")}, "mode": "bypass"}}
+    r = executor.run(loop_wf(1, 3, body, extra=extra))
+    assert r.status == "success", r.error
+    assert value(executor, r, "s") == 1 + 3 * 10  # Double bypassed: the body adds k itself
+    assert "skip" not in r.nodes or r.nodes["skip"].status != "success"
+    nested = copy.deepcopy(body)  # the same from a loop inside the loop
+    wf = loop_wf(1, 2, {"nodes": {
+        "in": {"type": "LoopInput"},
+        "inner": {"type": "Accumulate", "inputs": {"start": ln("in", "value"), "steps": 1}, "body": nested},
+        "out": {"type": "LoopOutput", "inputs": {"value": ln("inner", "value")}},
+    }}, extra=extra)
+    r = executor.run(wf)
+    assert r.status == "success", r.error
+    assert value(executor, r, "s") == 1 + 2 * 10
+
+
 def test_invariant_body_nodes_run_once(executor):
     body = {"nodes": {
         "in": {"type": "LoopInput"},
