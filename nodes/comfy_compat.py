@@ -89,7 +89,8 @@ _ADVANCED_INPUTS = {**_SAMPLE_INPUTS, "noise_seed": "seed", "start_at_step": "st
 
 # `widgets`: ComfyUI's widget order (what its editor saves in `widgets_values`), from INPUT_TYPES / define_schema in
 # ComfyUI's nodes.py (loaders, CLIPTextEncode, CLIPSetLastLayer, EmptyLatentImage, KSampler*, VAE*, SetLatentNoiseMask,
-# LatentUpscale*), comfy_extras/nodes_clip_sdxl.py (CLIPTextEncodeSDXL*) and comfy_extras/nodes_custom_sampler.py
+# LatentUpscale*, LatentFromBatch, RepeatLatentBatch, LatentComposite, LatentBlend), comfy_extras/nodes_latent.py
+# (LatentBatch), comfy_extras/nodes_clip_sdxl.py (CLIPTextEncodeSDXL*) and comfy_extras/nodes_custom_sampler.py
 # (KSamplerSelect, BasicScheduler, CFGGuider, RandomNoise, SamplerCustom*). Its editor adds a control_after_generate
 # widget after every `seed` / `noise_seed`.
 _CAG = CONTROL_AFTER_GENERATE
@@ -119,6 +120,13 @@ TABLE = {
     "VAEEncode": ComfyClass("VAEEncode", {"pixels": "image"}, ["latent"]),
     "VAEEncodeForInpaint": ComfyClass("VAEEncodeForInpaint", {"pixels": "image"}, ["latent"], widgets=("grow_mask_by",)),
     "SetLatentNoiseMask": ComfyClass("SetLatentNoiseMask", {"samples": "latent"}, ["latent"]),
+    "LatentFromBatch": ComfyClass("LatentFromBatch", {"samples": "latent"}, ["latent"], widgets=("batch_index", "length")),
+    "RepeatLatentBatch": ComfyClass("RepeatLatentBatch", {"samples": "latent"}, ["latent"], widgets=("amount",)),
+    "LatentBatch": ComfyClass("LatentBatch", {"samples1": "latent1", "samples2": "latent2"}, ["latent"]),
+    "LatentComposite": ComfyClass("LatentComposite", {"samples_to": "latent_to", "samples_from": "latent_from"}, ["latent"],
+                                  widgets=("x", "y", "feather")),
+    "LatentBlend": ComfyClass("LatentBlend", {"samples1": "latent1", "samples2": "latent2"}, ["latent"],
+                              widgets=("blend_factor",)),
     "VAELoader": ComfyClass("LoadVAE", {"vae_name": "name"}, ["vae"], widgets=("vae_name",)),
     "LatentUpscale": ComfyClass("LatentUpscale", {"samples": "latent", "upscale_method": "method", "crop": None}, ["latent"],
                                 convert=_upscale, widgets=("upscale_method", "width", "height", "crop")),

@@ -203,3 +203,31 @@ def image_blur(
     from nodes.impl.transform import gaussian_blur
 
     return gaussian_blur(image, radius, sigma)
+
+
+@node(category="image/batch", output_name="image")
+def image_batch(image1: IMAGE, image2: IMAGE) -> IMAGE:
+    """One batch from two (image2 resized to image1's size, centre-cropped, when they differ)."""
+    import torch
+
+    from nodes.impl.transform import resize_image
+
+    h, w = image1.shape[1:3]
+    if image2.shape[1:3] != (h, w):
+        image2 = resize_image(image2, w, h, "bilinear", "center")
+    if image2.shape[-1] != image1.shape[-1]:
+        raise NodeError(f"image1 has {image1.shape[-1]} channels, image2 {image2.shape[-1]}")
+    return torch.cat([image1, image2.to(image1.dtype)])
+
+
+@node(category="image", output_name="image")
+def empty_image(width: Annotated[int, Field(512, ge=1, le=MAX_SIZE)] = 512,
+                height: Annotated[int, Field(512, ge=1, le=MAX_SIZE)] = 512,
+                batch_size: Annotated[int, Field(1, ge=1, le=64)] = 1,
+                color: Annotated[int, Field(0, ge=0, le=0xFFFFFF, description="0xRRGGBB")] = 0,
+                ) -> IMAGE:
+    """Images of one colour (a canvas for compositing, a blank ControlNet hint)."""
+    import torch
+
+    rgb = torch.tensor([(color >> 16) & 0xFF, (color >> 8) & 0xFF, color & 0xFF], dtype=torch.float32) / 255.0
+    return rgb.expand(batch_size, height, width, 3).contiguous()

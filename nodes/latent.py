@@ -62,3 +62,115 @@ def latent_upscale_by(latent: LATENT, scale: Annotated[float, Field(1.5, ge=0.1,
 def set_latent_noise_mask(latent: LATENT, mask: MASK) -> LATENT:
     """Repaint only where the mask is 1: each step blends the re-noised original back elsewhere."""
     return replace(latent, noise_mask=mask)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Batches and blends (ComfyUI's LatentFromBatch, RepeatLatentBatch, LatentBatch, LatentComposite, LatentBlend)
+# ---------------------------------------------------------------------------------------------------
+
+
+def _rows(t, index: int, length: int):
+    """Rows [index, index+length) of a per-image tensor (masks of batch 1 apply to every row: kept whole)."""
+    if t is None or t.shape[0] == 1:
+        return t
+    return t[index:index + length]
+
+
+@node(category="latent/batch", output_name="latent")
+def latent_from_batch(latent: LATENT, batch_index: Annotated[int, Field(0, ge=0, le=63)] = 0,
+                      length: Annotated[int, Field(1, ge=1, le=64)] = 1) -> LATENT:
+    """Pick `length` latents starting at `batch_index` (e.g. re-run one image of a batch)."""
+    n = latent.samples.shape[0]
+    if batch_index >= n:
+        raise NodeError(f"batch_index {batch_index} is past the end of a batch of {n}")
+    length = min(length, n - batch_index)
+    return replace(latent, samples=latent.samples[batch_index:batch_index + length].clone(),
+                   noise_mask=_rows(latent.noise_mask, batch_index, length), inpaint=_rows(latent.inpaint, batch_index, length))
+
+
+@node(category="latent/batch", output_name="latent")
+def repeat_latent_batch(latent: LATENT, amount: Annotated[int, Field(1, ge=1, le=64)] = 1) -> LATENT:
+    """The batch repeated `amount` times (with its masks)."""
+    def rep(t):  # a mask of batch 1 applies to every row already
+        return t if t is None or t.shape[0] == 1 else t.repeat(amount, *[1] * (t.ndim - 1))
+
+    return replace(latent, samples=latent.samples.repeat(amount, 1, 1, 1), noise_mask=rep(latent.noise_mask),
+                   inpaint=rep(latent.inpaint))
+
+
+def _same_space(a, b, what: str) -> None:
+    from nodes.sd.denoise import check_family
+
+    if a.samples.shape[1] != b.samples.shape[1]:
+        raise NodeError(f"{what}: the latents have {a.samples.shape[1]} and {b.samples.shape[1]} channels")
+    check_family(f"{what}: the second latent", b.family, a.family or b.family, "first latent", latent=True)
+
+
+def _fit(samples, like, method: str = "bilinear"):
+    """ComfyUI's common_upscale with a centre crop: `samples` resized to `like`'s size when they differ."""
+    import torch.nn.functional as F
+
+    h, w = like.shape[-2:]
+    sh, sw = samples.shape[-2:]
+    if (sh, sw) == (h, w):
+        return samples
+    old, new = sw / sh, w / h
+    x = round((sw - sw * (new / old)) / 2) if old > new else 0
+    y = round((sh - sh * (old / new)) / 2) if old < new else 0
+    samples = samples[..., y:sh - y, x:sw - x]
+    return F.interpolate(samples, size=(h, w), mode=method)
+
+
+@node(category="latent/batch", output_name="latent")
+def latent_batch(latent1: LATENT, latent2: LATENT) -> LATENT:
+    """One batch from two (the second resized to the first's size if they differ); masks are dropped."""
+    import torch
+
+    _same_space(latent1, latent2, "LatentBatch")
+    samples = torch.cat([latent1.samples, _fit(latent2.samples, latent1.samples)])
+    return replace(latent1, samples=samples, noise_mask=None, inpaint=None, family=latent1.family or latent2.family)
+
+
+Position = Annotated[int, Field(0, ge=0, le=16384, multiple_of=8, description="pixels; a multiple of 8")]
+
+
+@node(category="latent", output_name="latent")
+def latent_composite(latent_to: LATENT, latent_from: LATENT, x: Position = 0, y: Position = 0,
+                     feather: Annotated[int, Field(0, ge=0, le=16384, multiple_of=8)] = 0) -> LATENT:
+    """Paste `latent_from` into `latent_to` at (x, y) pixels, its inner edges faded over `feather` pixels
+    (edges that touch the border of `latent_to` are not faded), as ComfyUI's LatentComposite."""
+    import torch
+
+    _same_space(latent_to, latent_from, "LatentComposite")
+    to, src = latent_to.samples, latent_from.samples
+    x, y, feather = x // 8, y // 8, feather // 8
+    H, W = to.shape[-2:]
+    if x >= W or y >= H:
+        raise NodeError(f"x, y ({x * 8}, {y * 8}) lies outside the {W * 8}x{H * 8} latent")
+    src = src[..., :H - y, :W - x]
+    if src.shape[0] != to.shape[0]:
+        src = src.repeat(-(-to.shape[0] // src.shape[0]), 1, 1, 1)[:to.shape[0]]
+    h, w = src.shape[-2:]
+    mask = torch.ones_like(src)
+    for t in range(feather):
+        ramp = (t + 1) / feather
+        if y != 0:
+            mask[..., t:t + 1, :] *= ramp
+        if y + h < H:
+            mask[..., h - 1 - t:h - t, :] *= ramp
+        if x != 0:
+            mask[..., :, t:t + 1] *= ramp
+        if x + w < W:
+            mask[..., :, w - 1 - t:w - t] *= ramp
+    out = to.clone()
+    out[..., y:y + h, x:x + w] = src * mask + to[..., y:y + h, x:x + w] * (1 - mask)
+    return replace(latent_to, samples=out)
+
+
+@node(category="latent", output_name="latent")
+def latent_blend(latent1: LATENT, latent2: LATENT,
+                 blend_factor: Annotated[float, Field(0.5, ge=0.0, le=1.0), Widget(step=0.01)] = 0.5) -> LATENT:
+    """latent1 * blend_factor + latent2 * (1 - blend_factor) (latent2 resized to latent1's size if needed)."""
+    _same_space(latent1, latent2, "LatentBlend")
+    samples = latent1.samples * blend_factor + _fit(latent2.samples, latent1.samples, "bicubic") * (1 - blend_factor)
+    return replace(latent1, samples=samples)

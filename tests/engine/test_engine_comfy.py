@@ -192,7 +192,8 @@ def test_every_translated_class_records_its_widgets():
     from engine.compat.comfy import COMFY_CLASSES, CONTROL_AFTER_GENERATE, UPLOAD, _ensure_tables
 
     _ensure_tables()
-    no_widgets = {"PreviewImage", "ImageInvert", "VAEDecode", "VAEEncode", "SetLatentNoiseMask", "SamplerCustomAdvanced"}
+    no_widgets = {"PreviewImage", "ImageInvert", "VAEDecode", "VAEEncode", "SetLatentNoiseMask", "SamplerCustomAdvanced",
+                  "LatentBatch"}
     for name, spec in COMFY_CLASSES.items():
         assert bool(spec.widgets) == (name not in no_widgets), name
         w = spec.widgets

@@ -1,0 +1,57 @@
+"""Conditioning arithmetic: join two prompts' embeddings (concat) or interpolate between them (average), as
+ComfyUI's ConditioningConcat and ConditioningAverage do. Both keep the first input's other settings (sizes,
+ControlNet hints)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Annotated
+
+from pydantic import Field
+
+from engine.node import NodeError, Widget, node
+from engine.types import CONDITIONING
+
+
+def _compatible(to, src, what: str) -> None:
+    from nodes.sd.handles import family_label
+
+    if to.family != src.family or to.embeds.shape[-1] != src.embeds.shape[-1]:
+        raise NodeError(f"{what}: conditioning_from is {family_label(src.family)} (width {src.embeds.shape[-1]}), "
+                        f"conditioning_to is {family_label(to.family)} (width {to.embeds.shape[-1]}); encode both "
+                        "with the same text encoder")
+
+
+@node(category="conditioning", output_name="conditioning")
+def conditioning_concat(conditioning_to: CONDITIONING, conditioning_from: CONDITIONING) -> CONDITIONING:
+    """The two token sequences one after the other (each prompt keeps its own 77-token windows; the pooled
+    embedding is conditioning_to's)."""
+    import torch
+
+    _compatible(conditioning_to, conditioning_from, "ConditioningConcat")
+    src = conditioning_from.embeds.to(conditioning_to.embeds)
+    if src.shape[0] != conditioning_to.embeds.shape[0]:
+        src = src[:1].expand(conditioning_to.embeds.shape[0], -1, -1)
+    return replace(conditioning_to, embeds=torch.cat([conditioning_to.embeds, src], dim=1))
+
+
+@node(category="conditioning", output_name="conditioning")
+def conditioning_average(conditioning_to: CONDITIONING, conditioning_from: CONDITIONING,
+                         conditioning_to_strength: Annotated[float, Field(1.0, ge=0.0, le=1.0), Widget(step=0.01)] = 1.0,
+                         ) -> CONDITIONING:
+    """to * strength + from * (1 - strength), token by token (conditioning_from cut or zero-padded to
+    conditioning_to's length); the pooled embeddings likewise."""
+    import torch
+
+    _compatible(conditioning_to, conditioning_from, "ConditioningAverage")
+    t1 = conditioning_to.embeds
+    t0 = conditioning_from.embeds.to(t1)[:, :t1.shape[1]]
+    if t0.shape[1] < t1.shape[1]:
+        t0 = torch.cat([t0, torch.zeros(t0.shape[0], t1.shape[1] - t0.shape[1], t0.shape[2], dtype=t0.dtype, device=t0.device)], dim=1)
+    s = conditioning_to_strength
+    pooled = conditioning_to.pooled
+    if pooled is not None and conditioning_from.pooled is not None:
+        pooled = pooled * s + conditioning_from.pooled.to(pooled) * (1 - s)
+    elif conditioning_from.pooled is not None:
+        pooled = conditioning_from.pooled
+    return replace(conditioning_to, embeds=t1 * s + t0 * (1 - s), pooled=pooled)

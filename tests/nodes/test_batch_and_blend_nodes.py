@@ -1,0 +1,103 @@
+"""Latent batches and blends, conditioning concat/average, image batches: ComfyUI's semantics, checked by hand
+formulas, and the ComfyUI prompt forms translating to them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.node import NodeError
+from nodes import conditioning as C
+from nodes import image as I
+from nodes import latent as N
+from nodes.sd.handles import Conditioning, Latent
+
+
+def lat(b=2, h=8, w=8, seed=0, family="sd15", **kw):
+    g = torch.Generator().manual_seed(seed)
+    return Latent(samples=torch.randn(b, 4, h, w, generator=g), family=family, **kw)
+
+
+def test_latent_from_batch_and_repeat_keep_masks_in_step():
+    mask = torch.rand(4, 1, 64, 64)
+    src = lat(4, noise_mask=mask)
+    out = N.latent_from_batch(src, batch_index=1, length=2)
+    assert torch.equal(out.samples, src.samples[1:3]) and torch.equal(out.noise_mask, mask[1:3])
+    assert N.latent_from_batch(src, batch_index=3, length=5).samples.shape[0] == 1  # cut at the end
+    with pytest.raises(NodeError, match="batch_index 4"):
+        N.latent_from_batch(src, batch_index=4)
+    rep = N.repeat_latent_batch(lat(2, noise_mask=torch.ones(1, 1, 64, 64)), amount=3)
+    assert rep.samples.shape[0] == 6 and torch.equal(rep.samples[2:4], rep.samples[:2])
+    assert rep.noise_mask.shape[0] == 1  # a mask for the whole batch stays one
+
+
+def test_latent_batch_resizes_the_second_like_comfyui():
+    a, b = lat(1, 8, 8), lat(2, 8, 16, seed=1)
+    out = N.latent_batch(a, b)
+    assert out.samples.shape == (3, 4, 8, 8)
+    # centre crop of the wider one, then the resize (ComfyUI's common_upscale)
+    assert torch.allclose(out.samples[1:], b.samples[..., 4:12])
+    with pytest.raises(NodeError, match="SDXL"):
+        N.latent_batch(a, lat(1, family="sdxl"))
+
+
+def test_latent_composite_pastes_and_feathers_inner_edges_only():
+    to, src = lat(1, 16, 16), lat(1, 8, 8, seed=2)
+    out = N.latent_composite(to, src, x=32, y=0, feather=0).samples  # 4 latent px right, at the top
+    assert torch.equal(out[..., 0:8, 4:12], src.samples) and torch.equal(out[..., 8:, :], to.samples[..., 8:, :])
+    soft = N.latent_composite(to, src, x=32, y=0, feather=16).samples  # 2 latent px of ramp
+    # the top edge touches the border: not faded; the left edge is: its first column is half the source
+    assert torch.allclose(soft[..., 3, 6], src.samples[..., 3, 2])
+    assert torch.allclose(soft[..., 3, 4], 0.5 * src.samples[..., 3, 0] + 0.5 * to.samples[..., 3, 4])
+    clipped = N.latent_composite(to, lat(1, 16, 16, seed=3), x=64, y=64).samples  # only what fits is pasted
+    assert clipped.shape == to.samples.shape
+    with pytest.raises(NodeError, match="outside"):
+        N.latent_composite(to, src, x=128, y=0)
+
+
+def test_latent_blend():
+    a, b = lat(1), lat(1, seed=4)
+    assert torch.allclose(N.latent_blend(a, b, 0.25).samples, 0.25 * a.samples + 0.75 * b.samples)
+
+
+def cond(tokens=77, width=32, seed=0, family="sd15", pooled=False):
+    g = torch.Generator().manual_seed(seed)
+    return Conditioning(embeds=torch.randn(1, tokens, width, generator=g), family=family,
+                        pooled=torch.randn(1, 16, generator=g) if pooled else None)
+
+
+def test_conditioning_concat_and_average():
+    to, src = cond(), cond(154, seed=1)
+    cat = C.conditioning_concat(to, src)
+    assert cat.embeds.shape == (1, 231, 32) and torch.equal(cat.embeds[:, 77:], src.embeds)
+    avg = C.conditioning_average(to, src, 0.3)
+    assert torch.allclose(avg.embeds, 0.3 * to.embeds + 0.7 * src.embeds[:, :77])
+    short = C.conditioning_average(cond(154, seed=2), cond(77, seed=3), 0.5)  # from padded with zeros
+    assert torch.allclose(short.embeds[:, 77:], 0.5 * cond(154, seed=2).embeds[:, 77:])
+    xl = C.conditioning_average(cond(pooled=True, family="sdxl", width=48), cond(seed=5, pooled=True, family="sdxl", width=48), 0.5)
+    assert xl.pooled is not None
+    with pytest.raises(NodeError, match="same text encoder"):
+        C.conditioning_concat(cond(), cond(width=48, family="sdxl"))
+
+
+def test_image_batch_and_empty_image():
+    red = I.empty_image(width=8, height=6, batch_size=2, color=0xFF0000)
+    assert red.shape == (2, 6, 8, 3) and torch.equal(red[0, 0, 0], torch.tensor([1.0, 0.0, 0.0]))
+    wide = I.empty_image(width=16, height=6, color=0x00FF00)
+    out = I.image_batch(red, wide)
+    assert out.shape == (3, 6, 8, 3) and torch.allclose(out[2], torch.tensor([0.0, 1.0, 0.0]).expand(6, 8, 3))
+
+
+def test_comfy_prompts_translate_to_these_nodes():
+    from engine.compat.comfy import prompt_to_workflow
+
+    wf = prompt_to_workflow({
+        "1": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 4}},
+        "2": {"class_type": "LatentFromBatch", "inputs": {"samples": ["1", 0], "batch_index": 1, "length": 2}},
+        "3": {"class_type": "LatentComposite", "inputs": {"samples_to": ["1", 0], "samples_from": ["2", 0], "x": 8, "y": 8, "feather": 0}},
+        "4": {"class_type": "LatentBlend", "inputs": {"samples1": ["3", 0], "samples2": ["1", 0], "blend_factor": 0.5}},
+    })
+    assert wf["nodes"]["2"] == {"type": "LatentFromBatch", "inputs": {"batch_index": 1, "length": 2, "latent": {"node": "1", "output": "latent"}},
+                                "ui": {"comfy_class": "LatentFromBatch"}}
+    assert set(wf["nodes"]["3"]["inputs"]) == {"latent_to", "latent_from", "x", "y", "feather"}
+    assert set(wf["nodes"]["4"]["inputs"]) == {"latent1", "latent2", "blend_factor"}
