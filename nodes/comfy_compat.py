@@ -89,7 +89,8 @@ _ADVANCED_INPUTS = {**_SAMPLE_INPUTS, "noise_seed": "seed", "start_at_step": "st
 
 # `widgets`: ComfyUI's widget order (what its editor saves in `widgets_values`), from INPUT_TYPES / define_schema in
 # ComfyUI's nodes.py (loaders, CLIPTextEncode, CLIPSetLastLayer, EmptyLatentImage, KSampler*, VAE*, SetLatentNoiseMask,
-# LatentUpscale*, LatentFromBatch, RepeatLatentBatch, LatentComposite, LatentBlend), comfy_extras/nodes_latent.py
+# LatentUpscale*, LatentFromBatch, RepeatLatentBatch, LatentComposite, LatentBlend, SaveLatent, LoadLatent),
+# comfy_extras/nodes_latent.py
 # (LatentBatch), comfy_extras/nodes_clip_sdxl.py (CLIPTextEncodeSDXL*) and comfy_extras/nodes_custom_sampler.py
 # (KSamplerSelect, BasicScheduler, CFGGuider, RandomNoise, SamplerCustom*). Its editor adds a control_after_generate
 # widget after every `seed` / `noise_seed`.
@@ -123,6 +124,8 @@ TABLE = {
     "LatentFromBatch": ComfyClass("LatentFromBatch", {"samples": "latent"}, ["latent"], widgets=("batch_index", "length")),
     "RepeatLatentBatch": ComfyClass("RepeatLatentBatch", {"samples": "latent"}, ["latent"], widgets=("amount",)),
     "LatentBatch": ComfyClass("LatentBatch", {"samples1": "latent1", "samples2": "latent2"}, ["latent"]),
+    "SaveLatent": ComfyClass("SaveLatent", {"samples": "latent"}, [], output_node=True, widgets=("filename_prefix",)),
+    "LoadLatent": ComfyClass("LoadLatent", {}, ["latent"], widgets=("latent",)),
     "LatentComposite": ComfyClass("LatentComposite", {"samples_to": "latent_to", "samples_from": "latent_from"}, ["latent"],
                                   widgets=("x", "y", "feather")),
     "LatentBlend": ComfyClass("LatentBlend", {"samples1": "latent1", "samples2": "latent2"}, ["latent"],

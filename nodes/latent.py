@@ -1,4 +1,5 @@
-"""Latent nodes: empty latents, upscaling (hires fix), noise masks for inpainting."""
+"""Latent nodes: empty latents, upscaling (hires fix), noise masks for inpainting, batches and blends, and
+latents saved to and loaded from disk."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from engine.node import NodeError, Widget, node
+from engine.node import Choices, NodeContext, NodeError, NodeUI, Widget, node
 from engine.types import LATENT, MASK, VAE
 
 Dim = Annotated[int, Field(512, ge=8, le=16384, multiple_of=8, description="pixels; a multiple of 8")]
@@ -174,3 +175,97 @@ def latent_blend(latent1: LATENT, latent2: LATENT,
     _same_space(latent1, latent2, "LatentBlend")
     samples = latent1.samples * blend_factor + _fit(latent2.samples, latent1.samples, "bicubic") * (1 - blend_factor)
     return replace(latent1, samples=samples)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Latents on disk (ComfyUI's SaveLatent / LoadLatent files: safetensors with `latent_tensor`)
+# ---------------------------------------------------------------------------------------------------
+
+LATENT_SUFFIXES = frozenset({".latent"})
+
+
+def _input_latents(settings) -> list[str]:
+    from nodes.impl.files import list_files
+
+    return list_files(settings.folders().input, LATENT_SUFFIXES) if settings is not None else []
+
+
+def _latent_fingerprint(inputs: dict, settings) -> str:
+    from nodes.impl.files import safe_join
+
+    try:
+        st = safe_join(settings.folders().input, inputs["latent"]).stat()
+        return f"{st.st_size}:{st.st_mtime_ns}"
+    except Exception as exc:
+        return f"missing:{exc}"
+
+
+@node(category="latent", output_node=True)
+def save_latent(latent: LATENT, ctx: NodeContext,
+                filename_prefix: Annotated[str, Field(description="file name start; may include a sub-folder")] = "latents/loom",
+                ) -> NodeUI:
+    """Keep latents on disk (`.latent`: safetensors, ComfyUI's format, the workflow in its metadata) to decode or
+    sample them again later with LoadLatent (put the file in the input folder)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from nodes.impl.files import UnsafePath, safe_join
+
+    root = ctx.folders.output
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        target = safe_join(root, filename_prefix + ".latent")
+    except UnsafePath as exc:
+        raise NodeError(str(exc)) from None
+    folder, stem = target.parent, target.name[: -len(".latent")]
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = {"latentloom.family": latent.family or ""}
+    if ctx.workflow is not None:
+        meta["workflow"] = json.dumps(ctx.workflow)
+    if ctx.prompt is not None:
+        meta["prompt"] = json.dumps(ctx.prompt)
+    import torch
+
+    tensors = {"latent_tensor": latent.samples.detach().float().cpu().contiguous(), "latent_format_version_0": torch.tensor([])}
+    counter = 1 + max([int(p.name[len(stem) + 1:len(stem) + 6]) for p in folder.glob(f"{stem}_?????_.latent")
+                       if p.name[len(stem) + 1:len(stem) + 6].isdigit()], default=0)
+    while (folder / f"{stem}_{counter:05d}_.latent").exists():
+        counter += 1
+    name = f"{stem}_{counter:05d}_.latent"
+    tmp = folder / f".{name}.tmp"
+    save_file(tensors, str(tmp), metadata=meta)
+    tmp.replace(folder / name)
+    subfolder = folder.relative_to(root.resolve()).as_posix() if folder != root.resolve() else ""
+    return NodeUI(text=[f"{subfolder + '/' if subfolder else ''}{name}"])
+
+
+@node(category="latent", output_name="latent", fingerprint=_latent_fingerprint)
+def load_latent(latent: Annotated[str, Choices(_input_latents)], ctx: NodeContext) -> LATENT:
+    """Latents saved by SaveLatent (ours or ComfyUI's) from the input folder. Files from before ComfyUI's format
+    version 0 (no `latent_format_version_0` key) are multiplied by 1 / 0.18215, as ComfyUI does."""
+    from safetensors import SafetensorError, safe_open
+
+    from nodes.impl.files import UnsafePath, safe_join
+    from nodes.sd.handles import Latent
+
+    try:
+        path = safe_join(ctx.folders.input, latent)
+    except UnsafePath as exc:
+        raise NodeError(str(exc)) from None
+    if not path.is_file():
+        raise NodeError(f"latent file {latent!r} not found in {ctx.folders.input}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = set(f.keys())
+            if "latent_tensor" not in keys:
+                raise NodeError(f"{latent}: no 'latent_tensor' in the file (keys: {sorted(keys)[:8]})")
+            samples = f.get_tensor("latent_tensor").float()
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError) as exc:
+        raise NodeError(f"{latent} is not a readable .latent (safetensors) file: {exc}") from None
+    if "latent_format_version_0" not in keys:
+        samples = samples * (1.0 / 0.18215)
+    if samples.ndim != 4:
+        raise NodeError(f"{latent}: expected latents [batch, channels, height, width], got shape {list(samples.shape)}")
+    return Latent(samples=samples, family=meta.get("latentloom.family") or None)

@@ -44,11 +44,18 @@ def _dir_stamps(folder: str) -> tuple:
 
 def list_images(folder: Path) -> list[str]:
     """Image files below `folder` (relative POSIX paths, sorted), hidden files and folders left out."""
+    return list_files(folder, IMAGE_SUFFIXES)
+
+
+def list_files(folder: Path, suffixes: set[str] | frozenset[str]) -> list[str]:
+    """Files with one of `suffixes` below `folder` (relative POSIX paths, sorted), hidden ones left out; cached
+    until a folder's modification time changes."""
     root = os.fspath(folder)
     if not os.path.isdir(root):
         return []
     stamps = _dir_stamps(root)
-    hit = _LISTINGS.get(root)
+    key = root + "\x00" + ",".join(sorted(suffixes))
+    hit = _LISTINGS.get(key)
     if hit is not None and hit[0] == stamps:
         return list(hit[1])
     out = []
@@ -56,10 +63,10 @@ def list_images(folder: Path) -> list[str]:
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         rel_dir = os.path.relpath(dirpath, root)
         for name in filenames:
-            if name.startswith(".") or os.path.splitext(name)[1].lower() not in IMAGE_SUFFIXES:
+            if name.startswith(".") or os.path.splitext(name)[1].lower() not in suffixes:
                 continue
             rel = name if rel_dir == "." else os.path.join(rel_dir, name)
             out.append(Path(rel).as_posix())
     out.sort()
-    _LISTINGS[root] = (stamps, out)
+    _LISTINGS[key] = (stamps, out)
     return list(out)

@@ -101,3 +101,44 @@ def test_comfy_prompts_translate_to_these_nodes():
                                 "ui": {"comfy_class": "LatentFromBatch"}}
     assert set(wf["nodes"]["3"]["inputs"]) == {"latent_to", "latent_from", "x", "y", "feather"}
     assert set(wf["nodes"]["4"]["inputs"]) == {"latent1", "latent2", "blend_factor"}
+
+
+def test_save_latent_then_load_latent_round_trip(tmp_path):
+    """SaveLatent writes ComfyUI's .latent (safetensors, latent_tensor + format marker, workflow metadata);
+    LoadLatent reads it back exactly (and an old-format file is rescaled as ComfyUI does)."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from engine.node import Folders, NodeContext
+
+    folders = Folders(models=tmp_path, input=tmp_path / "in", output=tmp_path / "out", temp=tmp_path / "tmp")
+    ctx = NodeContext(node_id="s", node_type="SaveLatent", folders=folders, workflow={"nodes": {"x": 1}})
+    src = lat(2, family="sdxl")
+    ui = N.save_latent(src, ctx, filename_prefix="latents/test")
+    again = N.save_latent(src, ctx, filename_prefix="latents/test")
+    assert ui.text == ["latents/test_00001_.latent"] and again.text == ["latents/test_00002_.latent"]
+    path = folders.output / ui.text[0]
+    with safe_open(str(path), framework="pt") as f:
+        assert set(f.keys()) == {"latent_tensor", "latent_format_version_0"}
+        assert json.loads(f.metadata()["workflow"]) == {"nodes": {"x": 1}}
+    folders.input.mkdir()
+    path.replace(folders.input / "mine.latent")
+    back = N.load_latent("mine.latent", NodeContext(folders=folders))
+    assert torch.equal(back.samples, src.samples) and back.family == "sdxl"
+    save_file({"latent_tensor": src.samples.contiguous()}, str(folders.input / "old.latent"))  # before format version 0
+    assert torch.allclose(N.load_latent("old.latent", NodeContext(folders=folders)).samples, src.samples / 0.18215)
+    assert N._input_latents(SimpleSettings(folders)) == ["mine.latent", "old.latent"]
+    with pytest.raises(NodeError, match="not found"):
+        N.load_latent("nope.latent", NodeContext(folders=folders))
+    with pytest.raises(NodeError, match="inside|outside"):
+        N.save_latent(src, ctx, filename_prefix="../escape")
+
+
+class SimpleSettings:
+    def __init__(self, folders):
+        self._folders = folders
+
+    def folders(self):
+        return self._folders
