@@ -113,6 +113,19 @@ def image_resize(
     return resize_image(image, width, height, method, crop)
 
 
+@node(category="image/transform", output_name="image")
+def image_scale_to_total_pixels(image: IMAGE, method: Interp = "bilinear",
+                                megapixels: Annotated[float, Field(1.0, ge=0.01, le=16.0), Widget(step=0.01)] = 1.0) -> IMAGE:
+    """Resize, keeping the aspect ratio, to about `megapixels` x 1024 x 1024 pixels (SDXL's native area is 1)."""
+    import math
+
+    from nodes.impl.transform import resize_image
+
+    h, w = image.shape[1:3]
+    scale = math.sqrt(megapixels * 1024 * 1024 / (w * h))
+    return resize_image(image, max(1, round(w * scale)), max(1, round(h * scale)), method, "disabled")
+
+
 @node(category="image/transform")
 def image_scale_by(image: IMAGE, scale: Annotated[float, Field(2.0, ge=0.01, le=16.0), Widget(step=0.05)] = 2.0,
                    method: Interp = "bilinear") -> IMAGE:

@@ -410,7 +410,8 @@ def _image_scale(inputs: dict) -> dict:
     return inputs
 
 
-# widgets: ComfyUI's nodes.py (SaveImage, PreviewImage, LoadImage, ImageScale, ImageScaleBy, ImageInvert)
+# widgets: ComfyUI's nodes.py (SaveImage, PreviewImage, LoadImage, ImageScale, ImageScaleBy, ImageInvert,
+# ImageScaleToTotalPixels)
 register_comfy_class("SaveImage", ComfyClass("SaveImage", outputs=[], output_node=True, widgets=("filename_prefix",)))
 register_comfy_class("PreviewImage", ComfyClass("PreviewImage", outputs=[], output_node=True))
 register_comfy_class("LoadImage", ComfyClass("LoadImage", inputs={"upload": None}, outputs=["image", "mask"], widgets=("image", UPLOAD)))
@@ -419,3 +420,5 @@ register_comfy_class("ImageScale", ComfyClass("ImageResize", inputs={"image": "i
 register_comfy_class("ImageScaleBy", ComfyClass("ImageScaleBy", inputs={"scale_by": "scale"}, outputs=["image"], convert=_image_scale,
                                                 widgets=("upscale_method", "scale_by")))
 register_comfy_class("ImageInvert", ComfyClass("ImageInvert", outputs=["image"]))
+register_comfy_class("ImageScaleToTotalPixels", ComfyClass("ImageScaleToTotalPixels", outputs=["image"], convert=_image_scale,
+                                                           widgets=("upscale_method", "megapixels")))

@@ -142,3 +142,15 @@ class SimpleSettings:
 
     def folders(self):
         return self._folders
+
+
+def test_image_scale_to_total_pixels_and_its_comfy_form():
+    from engine.compat.comfy import prompt_to_workflow
+
+    img = I.empty_image(width=200, height=100)
+    out = I.image_scale_to_total_pixels(img, "bilinear", megapixels=0.02)  # 0.02 * 2^20 = 20,971 px
+    assert out.shape[1:3] == (102, 205) and abs(out.shape[1] * out.shape[2] - 20971) < 150
+    wf = prompt_to_workflow({"1": {"class_type": "ImageScaleToTotalPixels",
+                                   "inputs": {"image": ["1", 0], "upscale_method": "nearest-exact", "megapixels": 1.0}}})
+    assert wf["nodes"]["1"]["type"] == "ImageScaleToTotalPixels"
+    assert wf["nodes"]["1"]["inputs"]["method"] == "nearest" and wf["nodes"]["1"]["inputs"]["megapixels"] == 1.0
