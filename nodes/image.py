@@ -244,3 +244,36 @@ def empty_image(width: Annotated[int, Field(512, ge=1, le=MAX_SIZE)] = 512,
 
     rgb = torch.tensor([(color >> 16) & 0xFF, (color >> 8) & 0xFF, color & 0xFF], dtype=torch.float32) / 255.0
     return rgb.expand(batch_size, height, width, 3).contiguous()
+
+
+BlendMode = Literal["normal", "multiply", "screen", "overlay", "soft_light", "difference"]
+
+
+@node(category="image/compose", output_name="image")
+def image_blend(image1: IMAGE, image2: IMAGE,
+                blend_factor: Annotated[float, Field(0.5, ge=0.0, le=1.0), Widget(step=0.01)] = 0.5,
+                blend_mode: BlendMode = "normal") -> IMAGE:
+    """image1 mixed with (image1 `blend_mode` image2) by blend_factor, as ComfyUI's ImageBlend (image2 resized to
+    image1's size, centre-cropped, when they differ)."""
+    import torch
+
+    from nodes.impl.transform import resize_image
+
+    h, w = image1.shape[1:3]
+    if image2.shape[1:3] != (h, w):
+        image2 = resize_image(image2, w, h, "bicubic", "center")
+    a, b = image1, image2.to(image1.dtype)
+    if blend_mode == "normal":
+        mixed = b
+    elif blend_mode == "multiply":
+        mixed = a * b
+    elif blend_mode == "screen":
+        mixed = 1 - (1 - a) * (1 - b)
+    elif blend_mode == "overlay":
+        mixed = torch.where(a <= 0.5, 2 * a * b, 1 - 2 * (1 - a) * (1 - b))
+    elif blend_mode == "soft_light":
+        g = torch.where(a <= 0.25, ((16 * a - 12) * a + 4) * a, torch.sqrt(a))
+        mixed = torch.where(b <= 0.5, a - (1 - 2 * b) * a * (1 - a), a + (2 * b - 1) * (g - a))
+    else:  # difference
+        mixed = a - b
+    return torch.clamp(a * (1 - blend_factor) + mixed * blend_factor, 0, 1)

@@ -411,7 +411,7 @@ def _image_scale(inputs: dict) -> dict:
 
 
 # widgets: ComfyUI's nodes.py (SaveImage, PreviewImage, LoadImage, ImageScale, ImageScaleBy, ImageInvert,
-# ImageScaleToTotalPixels)
+# ImageScaleToTotalPixels) and comfy_extras/nodes_post_processing.py (ImageBlend)
 register_comfy_class("SaveImage", ComfyClass("SaveImage", outputs=[], output_node=True, widgets=("filename_prefix",)))
 register_comfy_class("PreviewImage", ComfyClass("PreviewImage", outputs=[], output_node=True))
 register_comfy_class("LoadImage", ComfyClass("LoadImage", inputs={"upload": None}, outputs=["image", "mask"], widgets=("image", UPLOAD)))
@@ -420,5 +420,6 @@ register_comfy_class("ImageScale", ComfyClass("ImageResize", inputs={"image": "i
 register_comfy_class("ImageScaleBy", ComfyClass("ImageScaleBy", inputs={"scale_by": "scale"}, outputs=["image"], convert=_image_scale,
                                                 widgets=("upscale_method", "scale_by")))
 register_comfy_class("ImageInvert", ComfyClass("ImageInvert", outputs=["image"]))
+register_comfy_class("ImageBlend", ComfyClass("ImageBlend", outputs=["image"], widgets=("blend_factor", "blend_mode")))
 register_comfy_class("ImageScaleToTotalPixels", ComfyClass("ImageScaleToTotalPixels", outputs=["image"], convert=_image_scale,
                                                            widgets=("upscale_method", "megapixels")))

@@ -154,3 +154,21 @@ def test_image_scale_to_total_pixels_and_its_comfy_form():
                                    "inputs": {"image": ["1", 0], "upscale_method": "nearest-exact", "megapixels": 1.0}}})
     assert wf["nodes"]["1"]["type"] == "ImageScaleToTotalPixels"
     assert wf["nodes"]["1"]["inputs"]["method"] == "nearest" and wf["nodes"]["1"]["inputs"]["megapixels"] == 1.0
+
+
+@pytest.mark.parametrize("mode,expect", [("normal", lambda a, b: b), ("multiply", lambda a, b: a * b),
+                                         ("screen", lambda a, b: 1 - (1 - a) * (1 - b)), ("difference", lambda a, b: a - b)])
+def test_image_blend_modes(mode, expect):
+    g = torch.Generator().manual_seed(9)
+    a, b = torch.rand(1, 4, 6, 3, generator=g), torch.rand(1, 4, 6, 3, generator=g)
+    out = I.image_blend(a, b, 0.7, mode)
+    assert torch.allclose(out, (a * 0.3 + expect(a, b) * 0.7).clamp(0, 1))
+
+
+def test_image_blend_overlay_and_soft_light_at_the_halves():
+    a = torch.tensor([0.25, 0.75]).reshape(1, 1, 2, 1).expand(1, 1, 2, 3)
+    b = torch.full_like(a, 0.5)
+    assert torch.allclose(I.image_blend(a, b, 1.0, "overlay"), torch.tensor([0.25, 0.75]).reshape(1, 1, 2, 1).expand(1, 1, 2, 3))
+    assert torch.allclose(I.image_blend(a, b, 1.0, "soft_light"), a)  # b = 0.5 leaves soft light neutral
+    wide = I.image_blend(a, torch.rand(1, 2, 8, 3), 0.5, "normal")
+    assert wide.shape == a.shape
