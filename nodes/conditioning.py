@@ -55,3 +55,29 @@ def conditioning_average(conditioning_to: CONDITIONING, conditioning_from: CONDI
     elif conditioning_from.pooled is not None:
         pooled = conditioning_from.pooled
     return replace(conditioning_to, embeds=t1 * s + t0 * (1 - s), pooled=pooled)
+
+
+@node(category="conditioning", output_name="conditioning")
+def conditioning_combine(conditioning_1: CONDITIONING, conditioning_2: CONDITIONING) -> CONDITIONING:
+    """Both prompts at once: at every step the sampler predicts the noise for each and averages the predictions
+    (ComfyUI's Conditioning (Combine); unlike ConditioningAverage, which mixes the embeddings)."""
+    from nodes.sd.denoise import conditioning_parts
+
+    _compatible(conditioning_1, conditioning_2, "ConditioningCombine")
+    first, *rest = conditioning_parts(conditioning_1)
+    return replace(first, combined=tuple(rest) + tuple(conditioning_parts(conditioning_2)))
+
+
+Fraction = Annotated[float, Field(ge=0.0, le=1.0), Widget(step=0.001)]
+
+
+@node(category="conditioning", output_name="conditioning")
+def conditioning_set_timestep_range(conditioning: CONDITIONING, start: Fraction = 0.0, end: Fraction = 1.0) -> CONDITIONING:
+    """Use this prompt only from `start` to `end` (fractions of the steps); with ConditioningCombine, switch prompts
+    part-way (e.g. composition from one prompt, details from another)."""
+    from nodes.sd.denoise import conditioning_parts
+
+    if end < start:
+        raise NodeError(f"end ({end}) is before start ({start})")
+    first, *rest = [replace(p, start=start, end=end) for p in conditioning_parts(conditioning)]
+    return replace(first, combined=tuple(rest))

@@ -145,7 +145,7 @@ def predict_noise(unet: UNET, latent: LATENT, timestep: TIMESTEP, sampler: SAMPL
         runner, control_devices = stage_hooks(ctx)
     control = control_for_step(positive, negative if guidance else None, sampler, step, control_devices)
     return run(unet, latent.samples, timestep, positive, negative if guidance else None, sampler,
-               ctx.settings.devices(), guidance=guidance, control=control, runner=runner)
+               ctx.settings.devices(), guidance=guidance, control=control, runner=runner, step=step)
 
 
 @node(category="sampling/stages", output_name="prediction")
@@ -187,7 +187,7 @@ def run_sampler(unet, positive, negative, latent, noise_spec, spec, cfg, guidanc
     every = _preview_every(state.total)
     for i, t in enumerate(state.timesteps):
         control = control_for_step(positive, neg, state, i, devices)
-        pred = predict(unet, x, t, positive, neg, state, devices, guidance=use_cfg, control=control)
+        pred = predict(unet, x, t, positive, neg, state, devices, guidance=use_cfg, control=control, step=i)
         pred = apply_guidance(pred, cfg, guidance_rescale)
         x = step_fn(state, pred, t, x, i)
         ctx.progress(i + 1, state.total, preview=latent.with_samples(x) if (i + 1) % every == 0 or i + 1 == state.total else None)

@@ -8,6 +8,7 @@ follows diffusers' pipelines step for step, so both equal `StableDiffusionPipeli
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -163,12 +164,55 @@ def model_conditioning(unet: Any, positive: Any, negative: Any, state: Any, batc
 
 
 
+def conditioning_parts(c: Conditioning) -> list[Conditioning]:
+    """The prompts a (possibly combined) conditioning stands for, each on its own."""
+    return [replace(c, combined=())] + list(c.combined) if c.combined else [c]
+
+
+def is_combined(c: Conditioning | None) -> bool:
+    """More than one prompt, or a prompt limited to part of the steps: predicted prompt by prompt."""
+    return c is not None and (bool(c.combined) or c.start > 0.0 or c.end < 1.0)
+
+
+def active_at(c: Conditioning, step: int, total: int) -> bool:
+    """Whether a prompt takes part in this step (the ControlNet start/end rule: step fractions)."""
+    return total <= 0 or not (step / total < c.start or (step + 1) / total > c.end)
+
+
+def _predict_parts(unet: UNetHandle, latents: torch.Tensor, t: torch.Tensor, positive: Conditioning,
+                   negative: Conditioning | None, state: SamplerState, devices: Any, step: int,
+                   runner: Any) -> NoisePrediction:
+    """ComfyUI's combined conditioning: each side's noise prediction is the mean of its prompts' predictions,
+    over the prompts active at this step (none active: zero). Each prompt runs alone, with its own ControlNets."""
+    from .control import control_for_step
+
+    total = int(getattr(state, "total", 0) or len(state.timesteps))
+
+    def side(c: Conditioning) -> torch.Tensor:
+        preds = []
+        for part in conditioning_parts(c):
+            if not active_at(part, step, total):
+                continue
+            single = replace(part, start=0.0, end=1.0)
+            control = control_for_step(single, None, state, step, devices)
+            preds.append(predict_noise(unet, latents, t, single, None, state, devices, guidance=False, control=control,
+                                       runner=runner, step=step).cond)
+        if not preds:
+            return torch.zeros_like(latents)
+        return preds[0] if len(preds) == 1 else torch.stack(preds).mean(0)
+
+    return NoisePrediction(cond=side(positive), uncond=side(negative) if negative is not None else None)
+
+
 def predict_noise(unet: UNetHandle, latents: torch.Tensor, t: torch.Tensor, positive: Conditioning,
                   negative: Conditioning | None, state: SamplerState, devices: Any, guidance: bool = True,
-                  control: Any = None, runner: Any = None) -> NoisePrediction:
-    """One UNet evaluation on the [uncond, cond] batch (or cond alone without guidance).
+                  control: Any = None, runner: Any = None, step: int = 0) -> NoisePrediction:
+    """One UNet evaluation on the [uncond, cond] batch (or cond alone without guidance); `step` is the index in
+    the schedule (combined or step-limited prompts are predicted one by one, see `_predict_parts`).
 
     `runner` (fast mode) maps the placed model to the callable that runs it (a compiled one)."""
+    if is_combined(positive) or (guidance and is_combined(negative)):
+        return _predict_parts(unet, latents, t, positive, negative if guidance else None, state, devices, step, runner)
     use_cfg = guidance and negative is not None
     b = latents.shape[0]
     embeds, text_embeds, time_ids = model_conditioning(unet, positive, negative if use_cfg else None, state, b, use_cfg)

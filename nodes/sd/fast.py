@@ -607,7 +607,7 @@ def sample(unet: Any, positive: Any, negative: Any, latent: Any, noise_spec: Any
            guidance_rescale: float, ctx: Any, start_step: int = 0, end_step: int | None = None,
            add_noise: bool = True) -> Any:
     """Fast-mode `nodes.sampling.run_sampler`: the same arguments and the same picture (within fp16 rounding)."""
-    from .denoise import prepare_range, uses_cfg
+    from .denoise import is_combined, prepare_range, uses_cfg
 
     settings = ctx.settings
     devices = settings.devices()
@@ -618,6 +618,8 @@ def sample(unet: Any, positive: Any, negative: Any, latent: Any, noise_spec: Any
     neg = negative if use_cfg else None
     notify = Notifier(ctx)
     recipe, why = fused_recipe(state, use_cfg, guidance_rescale)
+    if recipe is not None and (is_combined(positive) or is_combined(neg)):
+        recipe, why = None, "combined or step-limited conditioning (predicted prompt by prompt)"
     controls = None
     if recipe is not None and (positive.controls or (neg is not None and neg.controls)):
         channels = int(unet.in_channels)
@@ -660,7 +662,7 @@ def _stagewise_loop(unet: Any, positive: Any, neg: Any, latent: Any, state: Any,
     for i, t in enumerate(state.timesteps):
         control = control_for_step(positive, neg, state, i, control_devices)
         pred = predict_noise(unet, x, t, positive, neg, state, devices, guidance=use_cfg, control=control,
-                             runner=runner)
+                             runner=runner, step=i)
         pred = apply_guidance(pred, cfg, rescale)
         x = scheduler_step(state, pred, t, x, i)
         progress.step(i, x)

@@ -221,6 +221,11 @@ class Conditioning:
     target_size: tuple[int, int] | None = None
     controls: tuple[ControlHint, ...] = ()
     aesthetic_score: float | None = None
+    # ConditioningCombine: more prompts whose noise predictions are averaged with this one's, step by step
+    combined: tuple["Conditioning", ...] = ()
+    # ConditioningSetTimestepRange: the fraction of the steps this prompt takes part in, [start, end]
+    start: float = 0.0
+    end: float = 1.0
 
     def __loom_summary__(self) -> dict[str, Any]:
         e = self.embeds
@@ -228,7 +233,8 @@ class Conditioning:
                 "dtype": str(e.dtype).replace("torch.", ""), "device": str(e.device),
                 "min": float(e.min()), "max": float(e.max()), "mean": float(e.float().mean()),
                 "pooled": list(self.pooled.shape) if self.pooled is not None else None,
-                "controls": len(self.controls)}
+                "controls": len(self.controls), "combined": len(self.combined),
+                "steps": [self.start, self.end]}
 
 
 @dataclass(frozen=True)

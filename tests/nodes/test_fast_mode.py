@@ -463,3 +463,17 @@ def test_sdxl_vae_decodes_in_fp32_under_fp16():
     assert vae_dtype(vae("sdxl", False), fp16) == torch.float16  # a fixed fp16 SDXL VAE (e.g. madebyollin's)
     assert vae_dtype(vae("sdxl", True), bf16) == torch.bfloat16
     assert vae_dtype(vae("sd15", True), fp16) == torch.float16
+
+
+def test_combined_conditioning_runs_stagewise_with_the_same_picture(ex):
+    """Combined prompts are predicted one by one: fast mode runs them stage-wise (UNet compiled), same picture."""
+    from nodes.sd import fast
+
+    nodes = txt2img_nodes("tiny-sd15", steps=4, seed=2)
+    nodes["b"] = {"type": "EncodeText", "inputs": {"text_encoder": L("ckpt", "text_encoder"), "text": "a blue square"}}
+    nodes["both"] = {"type": "ConditioningCombine", "inputs": {"conditioning_1": L("pos", "conditioning"),
+                                                               "conditioning_2": L("b", "conditioning")}}
+    nodes["sample"]["inputs"]["positive"] = L("both", "conditioning")
+    a, b, _ = default_and_fast(ex, nodes)
+    assert fast.LAST_RUN["path"] == "stagewise"
+    assert psnr(a, b) >= MIN_PSNR

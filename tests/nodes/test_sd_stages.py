@@ -315,3 +315,54 @@ def test_fp16_equals_pipeline_in_fp16(arch, scheduler, sdxl_models_dir, tmp_path
         ours = output_of(ex, result, "sample", "latent").samples
         assert ours.dtype == torch.float16 and torch.equal(ref.cpu(), ours)
         assert torch.isfinite(output_of(ex, result, "dec", "image")).all()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Combined and step-limited conditioning (ComfyUI's ConditioningCombine / ConditioningSetTimestepRange)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _combined_nodes(pos_a: dict, pos_b: dict | None = None, ranges: tuple | None = None, steps: int = 6) -> dict:
+    nodes = txt2img_nodes("tiny-sd15", steps=steps, scheduler="euler")
+    nodes["a"] = {"type": "EncodeText", "inputs": {"text_encoder": L("ckpt", "text_encoder"), **pos_a}}
+    nodes["b"] = {"type": "EncodeText", "inputs": {"text_encoder": L("ckpt", "text_encoder"), **(pos_b or pos_a)}}
+    first, second = L("a", "conditioning"), L("b", "conditioning")
+    if ranges is not None:
+        nodes["ra"] = {"type": "ConditioningSetTimestepRange", "inputs": {"conditioning": first, "start": ranges[0][0], "end": ranges[0][1]}}
+        nodes["rb"] = {"type": "ConditioningSetTimestepRange", "inputs": {"conditioning": second, "start": ranges[1][0], "end": ranges[1][1]}}
+        first, second = L("ra", "conditioning"), L("rb", "conditioning")
+    nodes["both"] = {"type": "ConditioningCombine", "inputs": {"conditioning_1": first, "conditioning_2": second}}
+    nodes["sample"]["inputs"]["positive"] = L("both", "conditioning")
+    return nodes
+
+
+def test_combining_a_prompt_with_itself_changes_nothing(models_dir, tmp_path):
+    ex = executor(models_dir, tmp_path)
+    plain = output_of(ex, ex.run(wf(txt2img_nodes("tiny-sd15", steps=6, scheduler="euler"))), "dec", "image")
+    both = output_of(ex, ex.run(wf(_combined_nodes({"text": "a red circle"}))), "dec", "image")
+    assert (plain - both).abs().max().item() <= 1e-5  # predicted one by one instead of in one batch
+
+
+def test_timestep_ranges_switch_prompts_part_way(models_dir, tmp_path):
+    """A for the first half of the steps, B for the second: the same as sampling A's steps, then handing the
+    latent to a second sampler on B (start/end steps, no added noise)."""
+    ex = executor(models_dir, tmp_path)
+    switched = output_of(ex, ex.run(wf(_combined_nodes({"text": "a red circle"}, {"text": "a blue square"},
+                                                       ranges=((0.0, 0.5), (0.5, 1.0))))), "dec", "image")
+    nodes = txt2img_nodes("tiny-sd15", steps=6, scheduler="euler")
+    nodes["b"] = {"type": "EncodeText", "inputs": {"text_encoder": L("ckpt", "text_encoder"), "text": "a blue square"}}
+    nodes["sample"]["inputs"].update(end_step=3)
+    nodes["second"] = {"type": "Sample", "inputs": {**nodes["sample"]["inputs"], "positive": L("b", "conditioning"),
+                                                    "latent": L("sample", "latent"), "start_step": 3, "end_step": 10000,
+                                                    "add_noise": False}}
+    nodes["dec"]["inputs"]["latent"] = L("second", "latent")
+    handed = output_of(ex, ex.run(wf(nodes)), "dec", "image")
+    assert (switched - handed).abs().max().item() <= 1e-4
+    only_a = output_of(ex, ex.run(wf(txt2img_nodes("tiny-sd15", steps=6, scheduler="euler"))), "dec", "image")
+    assert (switched - only_a).abs().max().item() > 1e-3  # B really took over
+
+
+def test_timestep_range_checks_its_order(models_dir, tmp_path):
+    ex = executor(models_dir, tmp_path)
+    result = ex.run(wf(_combined_nodes({"text": "a"}, ranges=((0.6, 0.2), (0.0, 1.0)))))
+    assert result.status == "error" and result.error["node_id"] == "ra" and "before start" in result.error["message"]
