@@ -5,12 +5,12 @@ ControlNet hints)."""
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field
 
 from engine.node import NodeError, Widget, node
-from engine.types import CONDITIONING
+from engine.types import CONDITIONING, MASK
 
 
 def _compatible(to, src, what: str) -> None:
@@ -80,4 +80,20 @@ def conditioning_set_timestep_range(conditioning: CONDITIONING, start: Fraction 
     if end < start:
         raise NodeError(f"end ({end}) is before start ({start})")
     first, *rest = [replace(p, start=start, end=end) for p in conditioning_parts(conditioning)]
+    return replace(first, combined=tuple(rest))
+
+
+@node(category="conditioning", output_name="conditioning")
+def conditioning_set_mask(conditioning: CONDITIONING, mask: MASK,
+                          strength: Annotated[float, Field(1.0, ge=0.0, le=10.0), Widget(step=0.01)] = 1.0,
+                          set_cond_area: Literal["default"] = "default") -> CONDITIONING:
+    """Make this prompt count only where the mask is (regional prompting): combine it with others
+    (ConditioningCombine) and each pixel's noise prediction is the mix of the prompts by their masks x strengths.
+    (ComfyUI's "mask bounds", which runs the model on the mask's bounding box only, is not supported.)"""
+    from nodes.sd.denoise import conditioning_parts
+
+    if mask.ndim not in (2, 3):
+        raise NodeError(f"mask must be [H, W] or [B, H, W], got shape {list(mask.shape)}")
+    m = mask if mask.ndim == 3 else mask[None]
+    first, *rest = [replace(p, mask=m, strength=strength) for p in conditioning_parts(conditioning)]
     return replace(first, combined=tuple(rest))

@@ -170,8 +170,21 @@ def conditioning_parts(c: Conditioning) -> list[Conditioning]:
 
 
 def is_combined(c: Conditioning | None) -> bool:
-    """More than one prompt, or a prompt limited to part of the steps: predicted prompt by prompt."""
-    return c is not None and (bool(c.combined) or c.start > 0.0 or c.end < 1.0)
+    """More than one prompt, or a prompt limited to part of the steps or of the image: predicted prompt by prompt."""
+    return c is not None and (bool(c.combined) or c.start > 0.0 or c.end < 1.0 or c.mask is not None
+                              or c.strength != 1.0)
+
+
+def _weight(c: Conditioning, like: torch.Tensor) -> torch.Tensor:
+    """Where and how much a prompt counts, at the latents' size: its mask (bilinear, as ComfyUI) times its strength."""
+    if c.mask is None:
+        return torch.full((like.shape[0], 1, *like.shape[-2:]), float(c.strength), dtype=torch.float32, device=like.device)
+    m = c.mask if c.mask.ndim == 3 else c.mask[..., 0]
+    m = torch.nn.functional.interpolate(m[:, None].float().to(like.device), size=like.shape[-2:], mode="bilinear",
+                                        align_corners=False)
+    if m.shape[0] != like.shape[0]:
+        m = m.repeat(math.ceil(like.shape[0] / m.shape[0]), 1, 1, 1)[: like.shape[0]]
+    return m * float(c.strength)
 
 
 def active_at(c: Conditioning, step: int, total: int) -> bool:
@@ -182,24 +195,29 @@ def active_at(c: Conditioning, step: int, total: int) -> bool:
 def _predict_parts(unet: UNetHandle, latents: torch.Tensor, t: torch.Tensor, positive: Conditioning,
                    negative: Conditioning | None, state: SamplerState, devices: Any, step: int,
                    runner: Any) -> NoisePrediction:
-    """ComfyUI's combined conditioning: each side's noise prediction is the mean of its prompts' predictions,
-    over the prompts active at this step (none active: zero). Each prompt runs alone, with its own ControlNets."""
+    """ComfyUI's combined conditioning: each side's noise prediction is the weighted mean of its prompts'
+    predictions, over the prompts active at this step, each weighted per pixel by its mask times its strength
+    (1 everywhere without a mask); where no prompt counts, zero. Each prompt runs alone, with its own ControlNets."""
     from .control import control_for_step
 
     total = int(getattr(state, "total", 0) or len(state.timesteps))
 
     def side(c: Conditioning) -> torch.Tensor:
-        preds = []
+        num: torch.Tensor | None = None
+        den: torch.Tensor | None = None
         for part in conditioning_parts(c):
             if not active_at(part, step, total):
                 continue
-            single = replace(part, start=0.0, end=1.0)
+            single = replace(part, start=0.0, end=1.0, mask=None, strength=1.0)
             control = control_for_step(single, None, state, step, devices)
-            preds.append(predict_noise(unet, latents, t, single, None, state, devices, guidance=False, control=control,
-                                       runner=runner, step=step).cond)
-        if not preds:
+            eps = predict_noise(unet, latents, t, single, None, state, devices, guidance=False, control=control,
+                                runner=runner, step=step).cond
+            w = _weight(part, eps)
+            num = eps * w if num is None else num + eps * w
+            den = w if den is None else den + w
+        if num is None:
             return torch.zeros_like(latents)
-        return preds[0] if len(preds) == 1 else torch.stack(preds).mean(0)
+        return (num / (den + 1e-37)).to(latents.dtype)
 
     return NoisePrediction(cond=side(positive), uncond=side(negative) if negative is not None else None)
 

@@ -202,6 +202,10 @@ class ControlHint:
     strength: float = 1.0
     start: float = 0.0
     end: float = 1.0
+    # ConditioningSetMask: where (mask [B|1, H, W] in pixels, 0..1) and how strongly this prompt counts when
+    # combined prompts' predictions are mixed
+    mask: torch.Tensor | None = None
+    strength: float = 1.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -226,6 +230,10 @@ class Conditioning:
     # ConditioningSetTimestepRange: the fraction of the steps this prompt takes part in, [start, end]
     start: float = 0.0
     end: float = 1.0
+    # ConditioningSetMask: where (mask [B|1, H, W] in pixels, 0..1) and how strongly this prompt counts when
+    # combined prompts' predictions are mixed
+    mask: torch.Tensor | None = None
+    strength: float = 1.0
 
     def __loom_summary__(self) -> dict[str, Any]:
         e = self.embeds

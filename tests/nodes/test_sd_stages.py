@@ -366,3 +366,37 @@ def test_timestep_range_checks_its_order(models_dir, tmp_path):
     ex = executor(models_dir, tmp_path)
     result = ex.run(wf(_combined_nodes({"text": "a"}, ranges=((0.6, 0.2), (0.0, 1.0)))))
     assert result.status == "error" and result.error["node_id"] == "ra" and "before start" in result.error["message"]
+
+
+def test_masked_prompts_mix_their_predictions_per_pixel(models_dir, tmp_path):
+    """Regional prompting: with complementary masks, each pixel's prediction is its own prompt's prediction, and
+    strengths weight overlapping ones; a prompt without a mask counts everywhere."""
+    from nodes import conditioning as C
+    from nodes.sd.denoise import predict_noise, prepare
+    from nodes.sd.handles import NoiseSpec
+    from nodes.sd.schedulers import make_spec
+
+    ex = executor(models_dir, tmp_path)
+    nodes = {"ckpt": {"type": "LoadCheckpoint", "inputs": {"name": "tiny-sd15"}},
+             "a": {"type": "EncodeText", "inputs": {"text_encoder": L("ckpt", "text_encoder"), "text": "a red circle"}},
+             "b": {"type": "EncodeText", "inputs": {"text_encoder": L("ckpt", "text_encoder"), "text": "a blue square"}},
+             "lat": {"type": "EmptyLatent", "inputs": {"width": 64, "height": 64, "vae": L("ckpt", "vae")}}}
+    r = ex.run(wf(nodes), targets=["a", "b", "lat"])
+    assert r.status == "success", r.error
+    unet = ex.cache.peek(r.signatures["ckpt"])["unet"]
+    a, b = (ex.cache.peek(r.signatures[k])["conditioning"] for k in ("a", "b"))
+    latent = ex.cache.peek(r.signatures["lat"])["latent"]
+    devices = ex.settings.devices()
+    state, x = prepare(unet, latent, NoiseSpec(5), make_spec("euler", unet.scheduler_config, 4), devices)
+    t = state.timesteps[0]
+
+    def eps(c):
+        return predict_noise(unet, x, t, c, None, state, devices, guidance=False).cond
+
+    left = torch.zeros(1, 64, 64)
+    left[..., :32] = 1.0
+    mixed = eps(C.conditioning_combine(C.conditioning_set_mask(a, left), C.conditioning_set_mask(b, 1 - left)))
+    ea, eb = eps(a), eps(b)
+    assert torch.allclose(mixed[..., :4], ea[..., :4], atol=1e-6) and torch.allclose(mixed[..., 4:], eb[..., 4:], atol=1e-6)
+    weighted = eps(C.conditioning_combine(C.conditioning_set_mask(a, torch.ones(1, 64, 64), strength=3.0), b))
+    assert torch.allclose(weighted, (3 * ea + eb) / 4, atol=1e-6)  # b has no mask: weight 1 everywhere
