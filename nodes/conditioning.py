@@ -97,3 +97,21 @@ def conditioning_set_mask(conditioning: CONDITIONING, mask: MASK,
     m = mask if mask.ndim == 3 else mask[None]
     first, *rest = [replace(p, mask=m, strength=strength) for p in conditioning_parts(conditioning)]
     return replace(first, combined=tuple(rest))
+
+
+Pixels = Annotated[int, Field(ge=0, le=16384, multiple_of=8, description="pixels; a multiple of 8")]
+
+
+@node(category="conditioning", output_name="conditioning")
+def conditioning_set_area(conditioning: CONDITIONING, width: Pixels = 64, height: Pixels = 64, x: Pixels = 0,
+                          y: Pixels = 0, strength: Annotated[float, Field(1.0, ge=0.0, le=10.0), Widget(step=0.01)] = 1.0,
+                          ) -> CONDITIONING:
+    """Make this prompt describe only a rectangle of the image (regional prompting): the model sees just that part
+    of the latents for it, and its prediction is faded in over 8 latent pixels at the rectangle's inner edges.
+    Combine it with a prompt for the whole image (ConditioningCombine)."""
+    from nodes.sd.denoise import conditioning_parts
+
+    if width == 0 or height == 0:
+        raise NodeError("width and height must be at least 8 pixels")
+    first, *rest = [replace(p, area=(x, y, width, height), strength=strength) for p in conditioning_parts(conditioning)]
+    return replace(first, combined=tuple(rest))

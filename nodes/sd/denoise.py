@@ -172,7 +172,36 @@ def conditioning_parts(c: Conditioning) -> list[Conditioning]:
 def is_combined(c: Conditioning | None) -> bool:
     """More than one prompt, or a prompt limited to part of the steps or of the image: predicted prompt by prompt."""
     return c is not None and (bool(c.combined) or c.start > 0.0 or c.end < 1.0 or c.mask is not None
-                              or c.strength != 1.0)
+                              or c.strength != 1.0 or c.area is not None)
+
+
+AREA_FEATHER = 8  # latent pixels faded in at an area's inner edges (ComfyUI's)
+
+
+def _region(c: Conditioning, latents: torch.Tensor, down: int) -> tuple[slice, slice] | None:
+    """The latent rows and columns of a prompt's area (None: the whole image)."""
+    if c.area is None:
+        return None
+    x, y, w, h = (v // down for v in c.area)
+    H, W = latents.shape[-2:]
+    x, y = min(x, W - 1), min(y, H - 1)
+    return slice(y, min(H, y + max(1, h))), slice(x, min(W, x + max(1, w)))
+
+
+def _feather(weight: torch.Tensor, rows: slice, cols: slice, full: tuple[int, int]) -> torch.Tensor:
+    """ComfyUI's area fade: the inner edges of an area (those not on the image border) ramp up over 8 pixels."""
+    h, w = weight.shape[-2:]
+    for t in range(AREA_FEATHER):
+        f = (t + 1) / AREA_FEATHER
+        if rows.start != 0:
+            weight[..., t:t + 1, :] *= f
+        if rows.stop < full[0]:
+            weight[..., h - 1 - t:h - t, :] *= f
+        if cols.start != 0:
+            weight[..., :, t:t + 1] *= f
+        if cols.stop < full[1]:
+            weight[..., :, w - 1 - t:w - t] *= f
+    return weight
 
 
 def _weight(c: Conditioning, like: torch.Tensor) -> torch.Tensor:
@@ -202,17 +231,34 @@ def _predict_parts(unet: UNetHandle, latents: torch.Tensor, t: torch.Tensor, pos
 
     total = int(getattr(state, "total", 0) or len(state.timesteps))
 
+    down = max(1, state.image_size[0] // latents.shape[-2]) if state.image_size[0] else 8
+
     def side(c: Conditioning) -> torch.Tensor:
         num: torch.Tensor | None = None
         den: torch.Tensor | None = None
         for part in conditioning_parts(c):
             if not active_at(part, step, total):
                 continue
-            single = replace(part, start=0.0, end=1.0, mask=None, strength=1.0)
-            control = control_for_step(single, None, state, step, devices)
-            eps = predict_noise(unet, latents, t, single, None, state, devices, guidance=False, control=control,
+            single = replace(part, start=0.0, end=1.0, mask=None, strength=1.0, area=None)
+            region = _region(part, latents, down)
+            x_in, part_state = latents, state
+            if region is not None:  # the model sees the area only (SDXL's size conditioning: the area's size)
+                x_in = latents[..., region[0], region[1]]
+                part_state = replace(state, image_size=(x_in.shape[-2] * down, x_in.shape[-1] * down),
+                                     inpaint=state.inpaint[..., region[0], region[1]] if state.inpaint is not None else None)
+            control = control_for_step(single, None, part_state, step, devices)
+            eps = predict_noise(unet, x_in, t, single, None, part_state, devices, guidance=False, control=control,
                                 runner=runner, step=step).cond
-            w = _weight(part, eps)
+            w = _weight(part, latents if region is None else eps)
+            if region is not None:
+                if part.mask is not None:  # the mask is for the whole image: its part inside the area
+                    w = _weight(part, latents)[..., region[0], region[1]]
+                w = _feather(w.clone(), region[0], region[1], tuple(latents.shape[-2:]))
+                full_eps = torch.zeros((*eps.shape[:2], *latents.shape[-2:]), dtype=eps.dtype, device=eps.device)
+                full_w = torch.zeros((w.shape[0], 1, *latents.shape[-2:]), dtype=w.dtype, device=w.device)
+                full_eps[..., region[0], region[1]] = eps
+                full_w[..., region[0], region[1]] = w
+                eps, w = full_eps, full_w
             num = eps * w if num is None else num + eps * w
             den = w if den is None else den + w
         if num is None:

@@ -206,6 +206,8 @@ class ControlHint:
     # combined prompts' predictions are mixed
     mask: torch.Tensor | None = None
     strength: float = 1.0
+    # ConditioningSetArea: (x, y, width, height) in pixels; the model sees only that part of the latents
+    area: tuple[int, int, int, int] | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -234,6 +236,8 @@ class Conditioning:
     # combined prompts' predictions are mixed
     mask: torch.Tensor | None = None
     strength: float = 1.0
+    # ConditioningSetArea: (x, y, width, height) in pixels; the model sees only that part of the latents
+    area: tuple[int, int, int, int] | None = None
 
     def __loom_summary__(self) -> dict[str, Any]:
         e = self.embeds

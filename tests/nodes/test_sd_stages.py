@@ -400,3 +400,48 @@ def test_masked_prompts_mix_their_predictions_per_pixel(models_dir, tmp_path):
     assert torch.allclose(mixed[..., :4], ea[..., :4], atol=1e-6) and torch.allclose(mixed[..., 4:], eb[..., 4:], atol=1e-6)
     weighted = eps(C.conditioning_combine(C.conditioning_set_mask(a, torch.ones(1, 64, 64), strength=3.0), b))
     assert torch.allclose(weighted, (3 * ea + eb) / 4, atol=1e-6)  # b has no mask: weight 1 everywhere
+
+
+def test_area_prompts_see_their_part_of_the_latents(models_dir, tmp_path):
+    """Side-by-side areas (no overlap): each latent pixel gets the prediction of the model run on its area alone
+    (the edge fade only weights, and nothing else covers those pixels)."""
+    from nodes import conditioning as C
+    from nodes.sd.denoise import predict_noise, prepare
+    from nodes.sd.handles import NoiseSpec
+    from nodes.sd.schedulers import make_spec
+
+    ex = executor(models_dir, tmp_path)
+    nodes = {"ckpt": {"type": "LoadCheckpoint", "inputs": {"name": "tiny-sd15"}},
+             "a": {"type": "EncodeText", "inputs": {"text_encoder": L("ckpt", "text_encoder"), "text": "a red circle"}},
+             "b": {"type": "EncodeText", "inputs": {"text_encoder": L("ckpt", "text_encoder"), "text": "a blue square"}},
+             "lat": {"type": "EmptyLatent", "inputs": {"width": 128, "height": 64, "vae": L("ckpt", "vae")}}}
+    r = ex.run(wf(nodes), targets=["a", "b", "lat"])
+    assert r.status == "success", r.error
+    unet = ex.cache.peek(r.signatures["ckpt"])["unet"]
+    a, b = (ex.cache.peek(r.signatures[k])["conditioning"] for k in ("a", "b"))
+    devices = ex.settings.devices()
+    state, x = prepare(unet, ex.cache.peek(r.signatures["lat"])["latent"], NoiseSpec(6),
+                       make_spec("euler", unet.scheduler_config, 4), devices)
+    t = state.timesteps[0]
+    both = C.conditioning_combine(C.conditioning_set_area(a, width=64, height=64, x=0, y=0),
+                                  C.conditioning_set_area(b, width=64, height=64, x=64, y=0))
+    mixed = predict_noise(unet, x, t, both, None, state, devices, guidance=False).cond
+    ea = predict_noise(unet, x[..., :8], t, a, None, state, devices, guidance=False).cond
+    eb = predict_noise(unet, x[..., 8:], t, b, None, state, devices, guidance=False).cond
+    assert torch.allclose(mixed[..., :8], ea, atol=1e-6) and torch.allclose(mixed[..., 8:], eb, atol=1e-6)
+    whole = predict_noise(unet, x, t, a, None, state, devices, guidance=False).cond
+    assert not torch.allclose(ea, whole[..., :8], atol=1e-4)  # the area really saw only its part
+
+
+def test_area_and_mask_prompts_sample_end_to_end(models_dir, tmp_path):
+    ex = executor(models_dir, tmp_path)
+    nodes = txt2img_nodes("tiny-sd15", steps=3, size=64)
+    nodes["lat"]["inputs"].update(width=128, height=64)
+    nodes["b"] = {"type": "EncodeText", "inputs": {"text_encoder": L("ckpt", "text_encoder"), "text": "a blue square"}}
+    nodes["area"] = {"type": "ConditioningSetArea", "inputs": {"conditioning": L("b", "conditioning"), "width": 48,
+                                                               "height": 40, "x": 64, "y": 16, "strength": 1.5}}
+    nodes["both"] = {"type": "ConditioningCombine", "inputs": {"conditioning_1": L("pos", "conditioning"),
+                                                               "conditioning_2": L("area", "conditioning")}}
+    nodes["sample"]["inputs"]["positive"] = L("both", "conditioning")
+    image = output_of(ex, ex.run(wf(nodes)), "dec", "image")
+    assert image.shape == (1, 64, 128, 3) and torch.isfinite(image).all()
