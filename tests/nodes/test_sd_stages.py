@@ -368,11 +368,9 @@ def test_timestep_range_checks_its_order(models_dir, tmp_path):
     assert result.status == "error" and result.error["node_id"] == "ra" and "before start" in result.error["message"]
 
 
-def test_masked_prompts_mix_their_predictions_per_pixel(models_dir, tmp_path):
-    """Regional prompting: with complementary masks, each pixel's prediction is its own prompt's prediction, and
-    strengths weight overlapping ones; a prompt without a mask counts everywhere."""
-    from nodes import conditioning as C
-    from nodes.sd.denoise import predict_noise, prepare
+def _two_prompts_at_step0(models_dir, tmp_path, width: int, seed: int):
+    """(unet, conditioning A, conditioning B, sampler state, starting latents, devices) for stage-level checks."""
+    from nodes.sd.denoise import prepare
     from nodes.sd.handles import NoiseSpec
     from nodes.sd.schedulers import make_spec
 
@@ -380,14 +378,24 @@ def test_masked_prompts_mix_their_predictions_per_pixel(models_dir, tmp_path):
     nodes = {"ckpt": {"type": "LoadCheckpoint", "inputs": {"name": "tiny-sd15"}},
              "a": {"type": "EncodeText", "inputs": {"text_encoder": L("ckpt", "text_encoder"), "text": "a red circle"}},
              "b": {"type": "EncodeText", "inputs": {"text_encoder": L("ckpt", "text_encoder"), "text": "a blue square"}},
-             "lat": {"type": "EmptyLatent", "inputs": {"width": 64, "height": 64, "vae": L("ckpt", "vae")}}}
+             "lat": {"type": "EmptyLatent", "inputs": {"width": width, "height": 64, "vae": L("ckpt", "vae")}}}
     r = ex.run(wf(nodes), targets=["a", "b", "lat"])
     assert r.status == "success", r.error
     unet = ex.cache.peek(r.signatures["ckpt"])["unet"]
     a, b = (ex.cache.peek(r.signatures[k])["conditioning"] for k in ("a", "b"))
-    latent = ex.cache.peek(r.signatures["lat"])["latent"]
     devices = ex.settings.devices()
-    state, x = prepare(unet, latent, NoiseSpec(5), make_spec("euler", unet.scheduler_config, 4), devices)
+    state, x = prepare(unet, ex.cache.peek(r.signatures["lat"])["latent"], NoiseSpec(seed),
+                       make_spec("euler", unet.scheduler_config, 4), devices)
+    return unet, a, b, state, x, devices
+
+
+def test_masked_prompts_mix_their_predictions_per_pixel(models_dir, tmp_path):
+    """Regional prompting: with complementary masks, each pixel's prediction is its own prompt's prediction, and
+    strengths weight overlapping ones; a prompt without a mask counts everywhere."""
+    from nodes import conditioning as C
+    from nodes.sd.denoise import predict_noise
+
+    unet, a, b, state, x, devices = _two_prompts_at_step0(models_dir, tmp_path, width=64, seed=5)
     t = state.timesteps[0]
 
     def eps(c):
@@ -406,22 +414,9 @@ def test_area_prompts_see_their_part_of_the_latents(models_dir, tmp_path):
     """Side-by-side areas (no overlap): each latent pixel gets the prediction of the model run on its area alone
     (the edge fade only weights, and nothing else covers those pixels)."""
     from nodes import conditioning as C
-    from nodes.sd.denoise import predict_noise, prepare
-    from nodes.sd.handles import NoiseSpec
-    from nodes.sd.schedulers import make_spec
+    from nodes.sd.denoise import predict_noise
 
-    ex = executor(models_dir, tmp_path)
-    nodes = {"ckpt": {"type": "LoadCheckpoint", "inputs": {"name": "tiny-sd15"}},
-             "a": {"type": "EncodeText", "inputs": {"text_encoder": L("ckpt", "text_encoder"), "text": "a red circle"}},
-             "b": {"type": "EncodeText", "inputs": {"text_encoder": L("ckpt", "text_encoder"), "text": "a blue square"}},
-             "lat": {"type": "EmptyLatent", "inputs": {"width": 128, "height": 64, "vae": L("ckpt", "vae")}}}
-    r = ex.run(wf(nodes), targets=["a", "b", "lat"])
-    assert r.status == "success", r.error
-    unet = ex.cache.peek(r.signatures["ckpt"])["unet"]
-    a, b = (ex.cache.peek(r.signatures[k])["conditioning"] for k in ("a", "b"))
-    devices = ex.settings.devices()
-    state, x = prepare(unet, ex.cache.peek(r.signatures["lat"])["latent"], NoiseSpec(6),
-                       make_spec("euler", unet.scheduler_config, 4), devices)
+    unet, a, b, state, x, devices = _two_prompts_at_step0(models_dir, tmp_path, width=128, seed=6)
     t = state.timesteps[0]
     both = C.conditioning_combine(C.conditioning_set_area(a, width=64, height=64, x=0, y=0),
                                   C.conditioning_set_area(b, width=64, height=64, x=64, y=0))
