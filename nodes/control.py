@@ -63,7 +63,13 @@ def apply_control_net(conditioning: CONDITIONING, control_net: CONTROL_NET, imag
 
     check_conditioning(control_net, conditioning)
     hint = _hint(control_net, image, strength, 0.0, 1.0, resize)
-    return replace(conditioning, controls=conditioning.controls + (hint,))
+    return _with_hint(conditioning, hint)
+
+
+def _with_hint(conditioning, hint):
+    """The conditioning with one more ControlNet hint, on every prompt of a combined conditioning."""
+    return replace(conditioning, controls=conditioning.controls + (hint,),
+                   combined=tuple(replace(p, controls=p.controls + (hint,)) for p in conditioning.combined))
 
 
 class ControlledConditioning(Outputs):
@@ -82,8 +88,7 @@ def apply_control_net_advanced(positive: CONDITIONING, negative: CONDITIONING, c
     check_conditioning(control_net, positive, "positive conditioning")
     check_conditioning(control_net, negative, "negative conditioning")
     hint = _hint(control_net, image, strength, start_percent, end_percent, resize)
-    return ControlledConditioning(positive=replace(positive, controls=positive.controls + (hint,)),
-                                  negative=replace(negative, controls=negative.controls + (hint,)))
+    return ControlledConditioning(positive=_with_hint(positive, hint), negative=_with_hint(negative, hint))
 
 
 # ---------------------------------------------------------------------------------------------- preprocessors

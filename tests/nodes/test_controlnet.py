@@ -373,3 +373,18 @@ def test_comfy_prompt_with_lora_and_controlnet_equals_native(cn_dir, tmp_path):
     }
     mine = ex.run(wf(native))
     assert torch.equal(output_of(ex, got, "13", "image"), output_of(ex, mine, "dec", "image"))
+
+
+def test_controlnet_applied_after_combine_reaches_every_prompt(cn_dir, tmp_path):
+    """ApplyControlNet on a combined conditioning hints every prompt in it (as ComfyUI's list of conds): a prompt
+    combined with itself, then controlled, gives the controlled prompt's picture."""
+    ex = _ex(cn_dir, tmp_path)
+    plain = _with_controls(txt2img_nodes("tiny-sd15", steps=STEPS), [{"name": "tiny-cn-a"}])
+    combined = txt2img_nodes("tiny-sd15", steps=STEPS)
+    combined["twice"] = {"type": "ConditioningCombine", "inputs": {"conditioning_1": L("pos", "conditioning"),
+                                                                   "conditioning_2": L("pos", "conditioning")}}
+    combined = _with_controls(combined, [{"name": "tiny-cn-a"}])
+    combined["apply0"]["inputs"]["positive"] = L("twice", "conditioning")
+    a = output_of(ex, ex.run(wf(plain)), "dec", "image")
+    b = output_of(ex, ex.run(wf(combined)), "dec", "image")
+    assert (a - b).abs().max().item() <= 1e-5
