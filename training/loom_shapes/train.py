@@ -25,7 +25,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
@@ -292,21 +292,39 @@ def _export_reserve(budget: float) -> float:
     return min(10.0, 0.2 * budget)
 
 
+@dataclass
+class StageStart:
+    """What every stage starts from: its clock, its settings, and a finished result or a checkpoint to resume."""
+
+    started: float
+    deadline: float
+    cfg: Any
+    finished: dict | None
+    ckpt: Any
+
+
+def _begin_stage(ctx: Context, stage: str, budget: float) -> StageStart:
+    """Start a stage's clock (keeping time to export), read its settings, and find a finished run (returned as
+    is) or the checkpoint to resume; without --resume an earlier run's "done" marker is dropped."""
+    started = time.monotonic()
+    cfg = stage_defaults(stage, ctx.cuda)
+    if ctx.batch:
+        cfg.batch = ctx.batch
+    finished = _finished(ctx, stage)
+    if finished is None and not ctx.resume:
+        _done_path(ctx, stage).unlink(missing_ok=True)
+    ckpt = _load_state(ctx, stage) if finished is None else None
+    return StageStart(started, started + budget - _export_reserve(budget), cfg, finished, ckpt)
+
+
 # --------------------------------------------------------------------------------------------------- VAE
 
 def train_vae(ctx: Context, budget: float) -> dict:
     """AutoencoderKL 64x64x3 <-> 16x16x4 with L1 + MSE + a tiny KL; scaling_factor = 1 / latent std."""
-    started = time.monotonic()
-    deadline = started + budget - _export_reserve(budget)
-    cfg = stage_defaults("vae", ctx.cuda)
-    if ctx.batch:
-        cfg.batch = ctx.batch
-    finished = _finished(ctx, "vae")
-    if finished is not None:
-        return finished
-    if not ctx.resume:
-        _done_path(ctx, "vae").unlink(missing_ok=True)
-    ckpt = _load_state(ctx, "vae")
+    begin = _begin_stage(ctx, "vae", budget)
+    if begin.finished is not None:
+        return begin.finished
+    started, deadline, cfg, ckpt = begin.started, begin.deadline, begin.cfg, begin.ckpt
     torch.manual_seed(ctx.seed)
     vae = M.build_vae(ctx.sizes).to(ctx.device).train()
     params = [p for p in vae.parameters()]
@@ -383,17 +401,10 @@ def _load_vae(ctx: Context):
 
 def train_unet(ctx: Context, budget: float) -> dict:
     """UNet2DConditionModel + CLIPTextModel trained jointly; v-prediction, zero terminal SNR, 10% empty captions."""
-    started = time.monotonic()
-    deadline = started + budget - _export_reserve(budget)
-    cfg = stage_defaults("unet", ctx.cuda)
-    if ctx.batch:
-        cfg.batch = ctx.batch
-    finished = _finished(ctx, "unet")
-    if finished is not None:
-        return finished
-    if not ctx.resume:
-        _done_path(ctx, "unet").unlink(missing_ok=True)
-    ckpt = _load_state(ctx, "unet")
+    begin = _begin_stage(ctx, "unet", budget)
+    if begin.finished is not None:
+        return begin.finished
+    started, deadline, cfg, ckpt = begin.started, begin.deadline, begin.cfg, begin.ckpt
     vae = _load_vae(ctx)
     scale = float(vae.config.scaling_factor)
     tokens = M.caption_token_table(M.load_tokenizer()).to(ctx.device)
@@ -490,17 +501,10 @@ def build_edge_pool(ctx: Context, vae, n: int) -> dict[str, torch.Tensor]:
 
 def train_controlnet(ctx: Context, budget: float) -> dict:
     """ControlNet (initialised from the UNet's encoder) on Canny edges; UNet, text encoder and VAE frozen."""
-    started = time.monotonic()
-    deadline = started + budget - _export_reserve(budget)
-    cfg = stage_defaults("controlnet", ctx.cuda)
-    if ctx.batch:
-        cfg.batch = ctx.batch
-    finished = _finished(ctx, "controlnet")
-    if finished is not None:
-        return finished
-    if not ctx.resume:
-        _done_path(ctx, "controlnet").unlink(missing_ok=True)
-    ckpt = _load_state(ctx, "controlnet")
+    begin = _begin_stage(ctx, "controlnet", budget)
+    if begin.finished is not None:
+        return begin.finished
+    started, deadline, cfg, ckpt = begin.started, begin.deadline, begin.cfg, begin.ckpt
     vae, unet, text = _load_pipeline_parts(ctx)
     scale = float(vae.config.scaling_factor)
     tokens = M.caption_token_table(M.load_tokenizer()).to(ctx.device)
