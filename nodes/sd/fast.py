@@ -745,14 +745,6 @@ def _fused_loop(recipe: Recipe, unet: Any, positive: Any, neg: Any, latent: Any,
 # ----------------------------------------------------------------------------------------------------------
 
 
-def vae_dtype(vae: Any, devices: Any) -> torch.dtype:
-    """fp32 for the SDXL VAE under fp16 (it overflows in fp16; diffusers' SDXL pipeline upcasts it too): the
-    default mode's rule (vae_ops.compute_dtype)."""
-    from .vae_ops import compute_dtype
-
-    return compute_dtype(vae, devices)
-
-
 def _make_decode(scaling: float, shift: float) -> Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]:
     def vae_decode(vae: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
         img = vae.decode(z / scaling + shift, return_dict=False)[0]
@@ -774,7 +766,9 @@ def decode(vae: Any, latent: Any, ctx: Any) -> torch.Tensor:
     settings = ctx.settings
     devices = settings.devices()
     prepare_process(settings)
-    device, dtype = devices.device, vae_dtype(vae, devices)
+    from .vae_ops import compute_dtype  # the default mode's rule: the SDXL VAE in fp32 under fp16
+
+    device, dtype = devices.device, compute_dtype(vae, devices)
     opts = compile_options(device)
     make = lambda: _make_decode(vae.scaling_factor, vae.shift_factor)  # noqa: E731
     with torch.no_grad(), devices.use(vae.model, dtype) as model, _backend_flags(device):
@@ -799,5 +793,5 @@ __all__ = [
     "Progress", "Recipe", "STATS", "cache_size", "clear_cache", "compile_options", "decode", "fused_controls",
     "fused_recipe", "is_default_body", "make_step", "model_conditioning", "obtain", "prepare_model",
     "prepare_process", "ready_model", "route_notices", "sample", "scheduler_update", "stage_hooks", "step_constants",
-    "unet_runner", "update_ddim", "update_dpmpp_2m", "update_euler", "update_euler_a", "vae_dtype",
+    "unet_runner", "update_ddim", "update_dpmpp_2m", "update_euler", "update_euler_a",
 ]

@@ -453,7 +453,7 @@ def test_half_precision_same_picture(models_dir, tmp_path, own_models, dtype, sc
 
 def test_sdxl_vae_decodes_in_fp32_under_fp16():
     """The SDXL VAE overflows in fp16 (diffusers' SDXL pipeline upcasts it too); bf16 and other VAEs stay as set."""
-    from nodes.sd.fast import vae_dtype
+    from nodes.sd.vae_ops import compute_dtype as vae_dtype  # fast mode's decode uses the default mode's rule
 
     def vae(family, upcast):
         return SimpleNamespace(family=family, model=SimpleNamespace(config=SimpleNamespace(force_upcast=upcast)))
