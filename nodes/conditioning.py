@@ -61,11 +61,10 @@ def conditioning_average(conditioning_to: CONDITIONING, conditioning_from: CONDI
 def conditioning_combine(conditioning_1: CONDITIONING, conditioning_2: CONDITIONING) -> CONDITIONING:
     """Both prompts at once: at every step the sampler predicts the noise for each and averages the predictions
     (ComfyUI's Conditioning (Combine); unlike ConditioningAverage, which mixes the embeddings)."""
-    from nodes.sd.denoise import conditioning_parts
+    from nodes.sd.denoise import conditioning_parts, joined
 
     _compatible(conditioning_1, conditioning_2, "ConditioningCombine")
-    first, *rest = conditioning_parts(conditioning_1)
-    return replace(first, combined=tuple(rest) + tuple(conditioning_parts(conditioning_2)))
+    return joined(conditioning_parts(conditioning_1) + conditioning_parts(conditioning_2))
 
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0), Widget(step=0.001)]
@@ -75,12 +74,11 @@ Fraction = Annotated[float, Field(ge=0.0, le=1.0), Widget(step=0.001)]
 def conditioning_set_timestep_range(conditioning: CONDITIONING, start: Fraction = 0.0, end: Fraction = 1.0) -> CONDITIONING:
     """Use this prompt only from `start` to `end` (fractions of the steps); with ConditioningCombine, switch prompts
     part-way (e.g. composition from one prompt, details from another)."""
-    from nodes.sd.denoise import conditioning_parts
+    from nodes.sd.denoise import with_every_part
 
     if end < start:
         raise NodeError(f"end ({end}) is before start ({start})")
-    first, *rest = [replace(p, start=start, end=end) for p in conditioning_parts(conditioning)]
-    return replace(first, combined=tuple(rest))
+    return with_every_part(conditioning, start=start, end=end)
 
 
 @node(category="conditioning", output_name="conditioning")
@@ -90,13 +88,11 @@ def conditioning_set_mask(conditioning: CONDITIONING, mask: MASK,
     """Make this prompt count only where the mask is (regional prompting): combine it with others
     (ConditioningCombine) and each pixel's noise prediction is the mix of the prompts by their masks x strengths.
     (ComfyUI's "mask bounds", which runs the model on the mask's bounding box only, is not supported.)"""
-    from nodes.sd.denoise import conditioning_parts
+    from nodes.sd.denoise import with_every_part
 
     if mask.ndim not in (2, 3):
         raise NodeError(f"mask must be [H, W] or [B, H, W], got shape {list(mask.shape)}")
-    m = mask if mask.ndim == 3 else mask[None]
-    first, *rest = [replace(p, mask=m, strength=strength) for p in conditioning_parts(conditioning)]
-    return replace(first, combined=tuple(rest))
+    return with_every_part(conditioning, mask=mask if mask.ndim == 3 else mask[None], strength=strength)
 
 
 Pixels = Annotated[int, Field(ge=0, le=16384, multiple_of=8, description="pixels; a multiple of 8")]
@@ -109,9 +105,8 @@ def conditioning_set_area(conditioning: CONDITIONING, width: Pixels = 64, height
     """Make this prompt describe only a rectangle of the image (regional prompting): the model sees just that part
     of the latents for it, and its prediction is faded in over 8 latent pixels at the rectangle's inner edges.
     Combine it with a prompt for the whole image (ConditioningCombine)."""
-    from nodes.sd.denoise import conditioning_parts
+    from nodes.sd.denoise import with_every_part
 
     if width == 0 or height == 0:
         raise NodeError("width and height must be at least 8 pixels")
-    first, *rest = [replace(p, area=(x, y, width, height), strength=strength) for p in conditioning_parts(conditioning)]
-    return replace(first, combined=tuple(rest))
+    return with_every_part(conditioning, area=(x, y, width, height), strength=strength)

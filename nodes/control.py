@@ -68,8 +68,9 @@ def apply_control_net(conditioning: CONDITIONING, control_net: CONTROL_NET, imag
 
 def _with_hint(conditioning, hint):
     """The conditioning with one more ControlNet hint, on every prompt of a combined conditioning."""
-    return replace(conditioning, controls=conditioning.controls + (hint,),
-                   combined=tuple(replace(p, controls=p.controls + (hint,)) for p in conditioning.combined))
+    from nodes.sd.denoise import conditioning_parts, joined
+
+    return joined([replace(p, controls=p.controls + (hint,)) for p in conditioning_parts(conditioning)])
 
 
 class ControlledConditioning(Outputs):

@@ -169,6 +169,17 @@ def conditioning_parts(c: Conditioning) -> list[Conditioning]:
     return [replace(c, combined=())] + list(c.combined) if c.combined else [c]
 
 
+def joined(parts: list[Conditioning]) -> Conditioning:
+    """One conditioning standing for `parts` (the inverse of `conditioning_parts`)."""
+    first, *rest = parts
+    return replace(first, combined=tuple(rest))
+
+
+def with_every_part(c: Conditioning, **changes: Any) -> Conditioning:
+    """`c` with `changes` made to every prompt it stands for."""
+    return joined([replace(p, **changes) for p in conditioning_parts(c)])
+
+
 def is_combined(c: Conditioning | None) -> bool:
     """More than one prompt, or a prompt limited to part of the steps or of the image: predicted prompt by prompt."""
     return c is not None and (bool(c.combined) or c.start > 0.0 or c.end < 1.0 or c.mask is not None
@@ -249,11 +260,9 @@ def _predict_parts(unet: UNetHandle, latents: torch.Tensor, t: torch.Tensor, pos
             control = control_for_step(single, None, part_state, step, devices)
             eps = predict_noise(unet, x_in, t, single, None, part_state, devices, guidance=False, control=control,
                                 runner=runner, step=step).cond
-            w = _weight(part, latents if region is None else eps)
+            w = _weight(part, latents)  # mask x strength over the whole image
             if region is not None:
-                if part.mask is not None:  # the mask is for the whole image: its part inside the area
-                    w = _weight(part, latents)[..., region[0], region[1]]
-                w = _feather(w.clone(), region[0], region[1], tuple(latents.shape[-2:]))
+                w = _feather(w[..., region[0], region[1]].clone(), region[0], region[1], tuple(latents.shape[-2:]))
                 full_eps = torch.zeros((*eps.shape[:2], *latents.shape[-2:]), dtype=eps.dtype, device=eps.device)
                 full_w = torch.zeros((w.shape[0], 1, *latents.shape[-2:]), dtype=w.dtype, device=w.device)
                 full_eps[..., region[0], region[1]] = eps
