@@ -68,7 +68,7 @@ def _ensure_tables() -> None:
     if not COMFY_CLASSES or "CheckpointLoaderSimple" not in COMFY_CLASSES or "LoraLoader" not in COMFY_CLASSES:
         import importlib
 
-        for mod in ("nodes.image", "nodes.comfy_compat", "nodes.comfy_compat_control"):
+        for mod in ("nodes.image", "nodes.mask", "nodes.unet_patches", "nodes.comfy_compat", "nodes.comfy_compat_control"):
             try:
                 importlib.import_module(mod)
             except ImportError:
@@ -77,21 +77,22 @@ def _ensure_tables() -> None:
 
 def _our_widgets(d: Any) -> tuple[str, ...]:
     """The widget order ComfyUI's editor gives one of our nodes as `/object_info` lists it: inputs that take a
-    literal (numbers, text, booleans, choices), required ones first, a seed's control and an upload button after it."""
+    literal (numbers, text, booleans, choices), required ones first, a seed's control right after the seed, and
+    an upload button after the last required one (its editor appends the button's input to the required ones)."""
     literal_types = {"INT", "FLOAT", "STRING", "BOOLEAN"}
     first: list[str] = []
     later: list[str] = []
+    upload = False
     for inp in d.inputs.values():
         if inp.link_only or not (inp.type.name in literal_types or inp.static_choices or inp.choices is not None):
             continue
         names = [inp.name]
         if inp.widget.seed and inp.type.name == "INT":
             names.append(CONTROL_AFTER_GENERATE)
-        if inp.widget.upload:
-            names.append(UPLOAD)
+        upload = upload or bool(inp.widget.upload)
         optional = not inp.required and inp.default is None
         (later if optional else first).extend(names)
-    return tuple(first + later)
+    return tuple(first + [UPLOAD] * upload + later)
 
 
 def _spec_of(class_type: Any, registry: Any) -> ComfyClass | None:

@@ -44,6 +44,7 @@ from .fused_step import (  # the fused step's maths (re-exported: tests and the 
     FUSED_KINDS, FusedControls, Recipe, fused_controls, fused_recipe, make_step, scheduler_update, step_constants,
     update_ddim, update_dpmpp_2m, update_euler, update_euler_a,
 )
+from .unet_hooks import active_hooks
 
 log = logging.getLogger("latentloom.fast")
 
@@ -476,7 +477,7 @@ class ModuleCall:
             scale = kwargs.pop("conditioning_scale")  # a per-step float: applied outside, one graph for all
             kwargs["conditioning_scale"] = 1.0
         key = ("module", self.what, id(model), _signature(args), _signature(kwargs), self.layout,
-               str(self.device), opts)
+               str(self.device), opts, active_hooks(model))
         first = args[0] if args and isinstance(args[0], torch.Tensor) else None
         shape = "x".join(str(s) for s in first.shape) if first is not None else "?"
         with torch.no_grad(), _backend_flags(self.device):
@@ -701,7 +702,7 @@ def _fused_loop(recipe: Recipe, unet: Any, positive: Any, neg: Any, latent: Any,
         strengths = [row.clone() for row in controls.strengths.to(device)] if controls else [None] * n
         hints = controls.hints if controls else ()
         key = ("step", id(model), recipe, _signature((x, times[0], consts[0], embeds, text_embeds, time_ids, inpaint)),
-               prepare_model(model, device), str(device), opts,
+               prepare_model(model, device), str(device), opts, active_hooks(model),
                tuple((id(m), prepare_model(m, device)) for m in controlnets), _signature(hints))
         dummy_noise = torch.zeros_like(x) if recipe.noise else None
         args0 = (model, x, times[0], consts[0], embeds, text_embeds, time_ids, inpaint, cfg_t, rescale_t, dummy_noise, prev,

@@ -55,9 +55,13 @@ class UNetHandle:
     source: str = ""
     patches: tuple = ()  # LoRA patch descriptions, applied by the node that runs the model
     arch: str = ""
+    hooks: tuple = ()  # changes to the forward pass (FreeU), installed by the node that runs the model
 
     def with_patch(self, patch: Any) -> "UNetHandle":
         return replace(self, patches=self.patches + (patch,))
+
+    def with_hook(self, hook: Any) -> "UNetHandle":
+        return replace(self, hooks=self.hooks + (hook,))
 
     @property
     def in_channels(self) -> int:
@@ -80,7 +84,7 @@ class UNetHandle:
     def __loom_summary__(self) -> dict[str, Any]:
         return {"kind": "handle", "model": "UNet", "family": family_label(self.family), "source": self.source,
                 "prediction_type": self.prediction_type, "patches": [repr(p) for p in self.patches],
-                **_module_summary(self.model)}
+                "hooks": [repr(h) for h in self.hooks], **_module_summary(self.model)}
 
     def __loom_nbytes__(self) -> int:  # the model lives in the model cache, not the output cache
         return 256

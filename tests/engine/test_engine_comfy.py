@@ -197,13 +197,14 @@ def test_every_translated_class_records_its_widgets():
     for name, spec in COMFY_CLASSES.items():
         assert bool(spec.widgets) == (name not in no_widgets), name
         w = spec.widgets
-        for i, widget in enumerate(w):  # ComfyUI's editor adds a control after each seed, an upload button after LoadImage's image
+        # ComfyUI's editor adds a control after each seed, an upload button after the last required widget of LoadImage*
+        for i, widget in enumerate(w):
             if widget in ("seed", "noise_seed"):
                 assert w[i + 1] == CONTROL_AFTER_GENERATE, name
             if widget == CONTROL_AFTER_GENERATE:
                 assert w[i - 1] in ("seed", "noise_seed"), name
             if widget == UPLOAD:
-                assert (name, w[i - 1]) == ("LoadImage", "image")
+                assert (name, w[i - 1]) in {("LoadImage", "image"), ("LoadImageMask", "channel")} and i == len(w) - 1
 
 
 def test_litegraph_muted_sources_and_our_own_nodes():

@@ -6,7 +6,17 @@ from pathlib import Path
 
 import pytest
 
+from engine.node import Folders
 from tests import tiny_models
+
+
+@pytest.fixture
+def folders(tmp_path: Path) -> Folders:
+    """Empty model/input/output/temp/user folders for one test (the input folder exists)."""
+    f = Folders(models=tmp_path / "models", input=tmp_path / "input", output=tmp_path / "output",
+                temp=tmp_path / "output" / "temp", user=tmp_path / "user")
+    f.input.mkdir(parents=True)
+    return f
 
 
 @pytest.fixture(scope="session")

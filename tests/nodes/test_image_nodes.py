@@ -10,21 +10,13 @@ from PIL import Image
 
 from engine.cache import OutputCache
 from engine.executor import Executor
-from engine.node import Folders, NodeContext, NodeError
+from engine.node import NodeContext, NodeError
 from engine.registry import Registry
 from engine.settings import Settings
 from nodes import image as N
 from nodes.impl import images as IM
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def folders(tmp_path):
-    f = Folders(models=tmp_path / "models", input=tmp_path / "input", output=tmp_path / "output",
-                temp=tmp_path / "output" / "temp", user=tmp_path / "user")
-    f.input.mkdir(parents=True)
-    return f
 
 
 def ctx(folders, **kw):
