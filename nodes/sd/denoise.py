@@ -52,7 +52,7 @@ def prepare(unet: UNetHandle, latent: Latent, noise: NoiseSpec, spec: SchedulerS
     g = noise.generator()
     noise_t = torch.randn(samples.shape, generator=g, dtype=dtype, device="cpu").to(device)
     empty = torch.count_nonzero(latent.samples) == 0 and start_step == 0
-    if not add_noise:
+    if not add_noise or not noise.add:
         x = samples
     elif empty or (spec.denoise >= 1.0 and (latent.noise_mask is not None or latent.inpaint is not None)):
         # diffusers' txt2img and inpainting pipelines start from pure noise at full strength

@@ -255,9 +255,11 @@ class Conditioning:
 
 @dataclass(frozen=True)
 class NoiseSpec:
-    """A seed: the noise itself is drawn by the sampler, on the CPU, once the latent shape is known."""
+    """A seed: the noise itself is drawn by the sampler, on the CPU, once the latent shape is known. `add` False
+    (ComfyUI's DisableNoise) takes the latent as already noisy: nothing is added."""
 
     seed: int
+    add: bool = True
 
     def generator(self) -> torch.Generator:
         return torch.Generator("cpu").manual_seed(self.seed)
