@@ -69,6 +69,11 @@ def _custom(inputs: dict) -> dict:
     return inputs
 
 
+def _tiled(inputs: dict) -> dict:
+    inputs.setdefault("tiled", True)  # a client built on our /object_info may send it itself
+    return inputs
+
+
 def _comfy_samplers() -> list:
     from nodes.sd.schedulers import COMFY_SAMPLERS
 
@@ -94,7 +99,12 @@ _ADVANCED_INPUTS = {**_SAMPLE_INPUTS, "noise_seed": "seed", "start_at_step": "st
 # (LatentBatch), comfy_extras/nodes_clip_sdxl.py (CLIPTextEncodeSDXL*) and comfy_extras/nodes_custom_sampler.py
 # (KSamplerSelect, BasicScheduler, CFGGuider, RandomNoise, SamplerCustom*). Its editor adds a control_after_generate
 # widget after every `seed` / `noise_seed`.
+# VAEDecodeTiled / VAEEncodeTiled (nodes.py): current ComfyUI saves tile_size, overlap, temporal_size, temporal_overlap,
+# older versions tile_size alone (the missing ones are no inputs of ours). We tile as diffusers does, tiles overlapping by
+# a quarter, so `overlap` is dropped; the temporal ones are for video VAEs only. LatentFlip, LatentRotate, LatentCrop
+# (nodes.py) take `samples` where ours take `latent`; ConditioningZeroOut (nodes.py) is our ZeroConditioning.
 _CAG = CONTROL_AFTER_GENERATE
+_TILED_DROPPED = {"overlap": None, "temporal_size": None, "temporal_overlap": None}
 
 TABLE = {
     "CheckpointLoaderSimple": ComfyClass("LoadCheckpoint", {"ckpt_name": "name"}, ["unet", "text_encoder", "vae"],
@@ -119,6 +129,14 @@ TABLE = {
                                             "start_at_step", "end_at_step", "return_with_leftover_noise")),
     "VAEDecode": ComfyClass("VAEDecode", {"samples": "latent"}, ["image"]),
     "VAEEncode": ComfyClass("VAEEncode", {"pixels": "image"}, ["latent"]),
+    "VAEDecodeTiled": ComfyClass("VAEDecode", {"samples": "latent", **_TILED_DROPPED}, ["image"], convert=_tiled,
+                                 widgets=("tile_size", "overlap", "temporal_size", "temporal_overlap")),
+    "VAEEncodeTiled": ComfyClass("VAEEncode", {"pixels": "image", **_TILED_DROPPED}, ["latent"], convert=_tiled,
+                                 widgets=("tile_size", "overlap", "temporal_size", "temporal_overlap")),
+    "LatentFlip": ComfyClass("LatentFlip", {"samples": "latent"}, ["latent"], widgets=("flip_method",)),
+    "LatentRotate": ComfyClass("LatentRotate", {"samples": "latent"}, ["latent"], widgets=("rotation",)),
+    "LatentCrop": ComfyClass("LatentCrop", {"samples": "latent"}, ["latent"], widgets=("width", "height", "x", "y")),
+    "ConditioningZeroOut": ComfyClass("ZeroConditioning", {}, ["conditioning"]),
     "VAEEncodeForInpaint": ComfyClass("VAEEncodeForInpaint", {"pixels": "image"}, ["latent"], widgets=("grow_mask_by",)),
     "SetLatentNoiseMask": ComfyClass("SetLatentNoiseMask", {"samples": "latent"}, ["latent"]),
     "LatentFromBatch": ComfyClass("LatentFromBatch", {"samples": "latent"}, ["latent"], widgets=("batch_index", "length")),

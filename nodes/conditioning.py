@@ -96,12 +96,12 @@ def conditioning_set_mask(conditioning: CONDITIONING, mask: MASK,
 
 
 Pixels = Annotated[int, Field(ge=0, le=16384, multiple_of=8, description="pixels; a multiple of 8")]
+Strength = Annotated[float, Field(1.0, ge=0.0, le=10.0), Widget(step=0.01)]
 
 
 @node(category="conditioning", output_name="conditioning")
 def conditioning_set_area(conditioning: CONDITIONING, width: Pixels = 64, height: Pixels = 64, x: Pixels = 0,
-                          y: Pixels = 0, strength: Annotated[float, Field(1.0, ge=0.0, le=10.0), Widget(step=0.01)] = 1.0,
-                          ) -> CONDITIONING:
+                          y: Pixels = 0, strength: Strength = 1.0) -> CONDITIONING:
     """Make this prompt describe only a rectangle of the image (regional prompting): the model sees just that part
     of the latents for it, and its prediction is faded in over 8 latent pixels at the rectangle's inner edges.
     Combine it with a prompt for the whole image (ConditioningCombine)."""
@@ -109,4 +109,27 @@ def conditioning_set_area(conditioning: CONDITIONING, width: Pixels = 64, height
 
     if width == 0 or height == 0:
         raise NodeError("width and height must be at least 8 pixels")
-    return with_every_part(conditioning, area=(x, y, width, height), strength=strength)
+    # one area per prompt, as ComfyUI: a pixel area replaces a fractional one
+    return with_every_part(conditioning, area=(x, y, width, height), area_fraction=None, strength=strength)
+
+
+Share = Annotated[float, Field(ge=0.0, le=1.0, description="a fraction of the image's width or height"), Widget(step=0.01)]
+
+
+@node(category="conditioning", output_name="conditioning")
+def conditioning_set_area_percentage(conditioning: CONDITIONING, width: Share = 1.0, height: Share = 1.0,
+                                     x: Share = 0.0, y: Share = 0.0, strength: Strength = 1.0) -> CONDITIONING:
+    """ConditioningSetArea with the rectangle in fractions of the image, so one graph fits every size: at sampling,
+    as ComfyUI, width and height become max(1, round(f x latent size)), x and y round(f x latent size)."""
+    from nodes.sd.denoise import with_every_part
+
+    return with_every_part(conditioning, area=None, area_fraction=(x, y, width, height), strength=strength)
+
+
+@node(category="conditioning", output_name="conditioning")
+def conditioning_set_area_strength(conditioning: CONDITIONING, strength: Strength = 1.0) -> CONDITIONING:
+    """Set how strongly this prompt counts where prompts are mixed (ConditioningCombine), keeping its area or mask.
+    One strength serves areas and masks here, where ComfyUI multiplies an area strength by a mask strength."""
+    from nodes.sd.denoise import with_every_part
+
+    return with_every_part(conditioning, strength=strength)

@@ -165,8 +165,14 @@ def image_pad(
     bottom: Annotated[int, Field(0, ge=0, le=MAX_SIZE)] = 0,
     value: Annotated[float, Field(0.0, ge=0.0, le=1.0), Widget(step=0.01)] = 0.0,
     mode: Literal["constant", "edge", "reflect"] = "constant",
+    feathering: Annotated[int, Field(0, ge=0, le=MAX_SIZE, description="pixels of the original faded into the mask "
+                                                                       "along padded sides")] = 0,
 ) -> Padded:
-    """Add borders (e.g. to outpaint); the MASK marks the new area with 1."""
+    """Add borders (e.g. to outpaint); the MASK marks the new area with 1.
+
+    `feathering` > 0 lets the mask reach into the original along the padded sides, so the sampler blends the
+    seam: ComfyUI's ImagePadForOutpaint ramp, ((feathering - d) / feathering)^2 at distance d from a padded
+    side; ignored, as there, unless the image is more than twice `feathering` wide and high."""
     import torch
     import torch.nn.functional as F
 
@@ -182,8 +188,52 @@ def image_pad(
         out = F.pad(x, pad, mode="replicate" if mode == "edge" else "reflect")
     b, _, h, w = out.shape
     mask = torch.ones((b, h, w), dtype=image.dtype)
-    mask[:, top:top + image.shape[1], left:left + image.shape[2]] = 0
+    mask[:, top:top + image.shape[1], left:left + image.shape[2]] = _outpaint_feather(
+        image.shape[1], image.shape[2], left, top, right, bottom, feathering).to(image.dtype)
     return Padded(image=out.movedim(1, -1).contiguous(), mask=mask)
+
+
+def _outpaint_feather(ih: int, iw: int, left: int, top: int, right: int, bottom: int, feathering: int):
+    """The mask over the original image ([ih, iw]): 0, or ComfyUI's ImagePadForOutpaint fade next to padded sides.
+    Its distances are asymmetric as ComfyUI's are: row i is i from the top but ih - i (not ih - 1 - i) from the
+    bottom, so the first row next to a top pad gets 1 and the last row next to a bottom pad ((f - 1) / f)^2."""
+    import torch
+
+    if feathering <= 0 or 2 * feathering >= ih or 2 * feathering >= iw:
+        return torch.zeros((ih, iw))
+    rows = torch.arange(ih, dtype=torch.float64)[:, None]
+    cols = torch.arange(iw, dtype=torch.float64)[None, :]
+    far_r, far_c = torch.full_like(rows, ih), torch.full_like(cols, iw)  # an unpadded side never counts
+    d = torch.minimum(torch.minimum(rows if top else far_r, ih - rows if bottom else far_r),
+                      torch.minimum(cols if left else far_c, iw - cols if right else far_c))
+    v = ((feathering - d) / feathering).clamp(min=0)
+    return (v * v).float()
+
+
+Rotation = Literal["none", "90 degrees", "180 degrees", "270 degrees"]
+FlipMethod = Literal["x-axis: vertically", "y-axis: horizontally"]
+
+
+def quarter_turns(rotation: str) -> int:
+    """ComfyUI's rotation choices as clockwise quarter turns."""
+    return {"none": 0, "90 degrees": 1, "180 degrees": 2, "270 degrees": 3}[rotation]
+
+
+@node(category="image/transform", output_name="image")
+def image_flip(image: IMAGE, flip_method: FlipMethod = "x-axis: vertically") -> IMAGE:
+    """Mirror the image: `x-axis` turns it upside down, `y-axis` mirrors left and right (ComfyUI's ImageFlip)."""
+    import torch
+
+    return torch.flip(image, dims=[1] if flip_method.startswith("x") else [2])
+
+
+@node(category="image/transform", output_name="image")
+def image_rotate(image: IMAGE, rotation: Rotation = "none") -> IMAGE:
+    """Turn the image clockwise by quarter turns (90 and 270 degrees swap width and height), as ComfyUI's ImageRotate."""
+    import torch
+
+    k = quarter_turns(rotation)
+    return torch.rot90(image, k=k, dims=[2, 1]).contiguous() if k else image
 
 
 @node(category="image/compose")

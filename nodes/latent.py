@@ -10,6 +10,7 @@ from pydantic import Field
 
 from engine.node import Choices, NodeContext, NodeError, NodeUI, Widget, node
 from engine.types import LATENT, MASK, VAE
+from nodes.image import FlipMethod, Rotation, quarter_turns
 
 Dim = Annotated[int, Field(512, ge=8, le=16384, multiple_of=8, description="pixels; a multiple of 8")]
 
@@ -175,6 +176,57 @@ def latent_blend(latent1: LATENT, latent2: LATENT,
     _same_space(latent1, latent2, "LatentBlend")
     samples = latent1.samples * blend_factor + _fit(latent2.samples, latent1.samples, "bicubic") * (1 - blend_factor)
     return replace(latent1, samples=samples)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Transforms (ComfyUI's LatentFlip, LatentRotate, LatentCrop). The noise mask and the inpainting latents move with
+# the samples (ComfyUI leaves its noise_mask as it was, so a flipped, turned or cropped inpainting latent there
+# repaints the wrong place: the mask is later stretched over the new latents).
+# ---------------------------------------------------------------------------------------------------
+
+
+def _spatial(latent, fn, mask_fn=None):
+    """`latent` with `fn` applied to its samples and inpainting latents and `mask_fn` (default `fn`) to its noise
+    mask, whose last two dims are rows and columns at any resolution ([B,H,W] or [B,1,H,W])."""
+    mask_fn = mask_fn or fn
+    return replace(latent, samples=fn(latent.samples),
+                   noise_mask=None if latent.noise_mask is None else mask_fn(latent.noise_mask),
+                   inpaint=None if latent.inpaint is None else fn(latent.inpaint))
+
+
+@node(category="latent/transform", output_name="latent")
+def latent_flip(latent: LATENT, flip_method: FlipMethod = "x-axis: vertically") -> LATENT:
+    """Mirror latents: `x-axis` upside down, `y-axis` left to right (as ImageFlip does to the decoded image)."""
+    import torch
+
+    dim = -2 if flip_method.startswith("x") else -1
+    return _spatial(latent, lambda t: torch.flip(t, dims=[dim]))
+
+
+@node(category="latent/transform", output_name="latent")
+def latent_rotate(latent: LATENT, rotation: Rotation = "none") -> LATENT:
+    """Turn latents clockwise by quarter turns (as ImageRotate does to the decoded image)."""
+    import torch
+
+    k = quarter_turns(rotation)
+    if k == 0:
+        return latent
+    return _spatial(latent, lambda t: torch.rot90(t, k=k, dims=[-1, -2]).contiguous())
+
+
+@node(category="latent/transform", output_name="latent")
+def latent_crop(latent: LATENT, width: Dim = 512, height: Dim = 512, x: Position = 0, y: Position = 0) -> LATENT:
+    """Cut a rectangle out of latents (pixels, multiples of 8). As ComfyUI's LatentCrop, the origin is moved back so
+    that at least 64 pixels remain, and the size is clipped to the latents."""
+    H, W = latent.samples.shape[-2:]
+    x0, y0 = min(x // 8, max(0, W - 8)), min(y // 8, max(0, H - 8))
+    x1, y1 = min(W, x0 + width // 8), min(H, y0 + height // 8)
+
+    def mask_crop(m):  # the same rectangle, in the mask's own resolution
+        mh, mw = m.shape[-2:]
+        return m[..., round(y0 * mh / H):round(y1 * mh / H), round(x0 * mw / W):round(x1 * mw / W)].clone()
+
+    return _spatial(latent, lambda t: t[..., y0:y1, x0:x1].clone(), mask_crop)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -87,8 +87,12 @@ def encode_text_sdxl(text_encoder: TEXT_ENCODER, ctx: NodeContext,
 
 @node(category="conditioning", output_name="conditioning")
 def zero_conditioning(conditioning: CONDITIONING) -> CONDITIONING:
-    """All-zero embeddings of the same shape (SDXL's negative for an empty prompt)."""
+    """All-zero embeddings of the same shape (SDXL's negative for an empty prompt), for every prompt of a combined
+    conditioning (ComfyUI's ConditioningZeroOut)."""
     import torch
 
-    pooled = torch.zeros_like(conditioning.pooled) if conditioning.pooled is not None else None
-    return replace(conditioning, embeds=torch.zeros_like(conditioning.embeds), pooled=pooled)
+    from nodes.sd.denoise import conditioning_parts, joined
+
+    return joined([replace(p, embeds=torch.zeros_like(p.embeds),
+                           pooled=torch.zeros_like(p.pooled) if p.pooled is not None else None)
+                   for p in conditioning_parts(conditioning)])

@@ -10,9 +10,12 @@ from engine.node import NodeContext, node
 from engine.types import IMAGE, LATENT, MASK, VAE
 
 
+# ComfyUI's VAE Decode/Encode (Tiled) range (64..4096 in steps of 32). Tiles overlap by a quarter (diffusers' tiling).
+TileSize = Annotated[int, Field(512, ge=64, le=4096, multiple_of=32, description="tile size in pixels when tiled")]
+
+
 @node(category="vae", name="VAEDecode", output_name="image")
-def vae_decode(vae: VAE, latent: LATENT, ctx: NodeContext, tiled: bool = False,
-               tile_size: Annotated[int, Field(512, ge=128, le=4096, multiple_of=64, description="tile size in pixels when tiled")] = 512) -> IMAGE:
+def vae_decode(vae: VAE, latent: LATENT, ctx: NodeContext, tiled: bool = False, tile_size: TileSize = 512) -> IMAGE:
     """Turn latents back into pixels with the model's VAE (tiled: less memory for large images)."""
     from nodes.sd.vae_ops import decode
 
@@ -24,11 +27,12 @@ def vae_decode(vae: VAE, latent: LATENT, ctx: NodeContext, tiled: bool = False,
 
 
 @node(category="vae", name="VAEEncode", output_name="latent")
-def vae_encode(vae: VAE, image: IMAGE, ctx: NodeContext) -> LATENT:
-    """Turn pixels into latents (the distribution's mode, so it is deterministic); sizes are cropped to multiples of 8."""
+def vae_encode(vae: VAE, image: IMAGE, ctx: NodeContext, tiled: bool = False, tile_size: TileSize = 512) -> LATENT:
+    """Turn pixels into latents (the distribution's mode, so it is deterministic); sizes are cropped to multiples of 8.
+    Tiled: the image is encoded in overlapping tiles of `tile_size` pixels (less memory for large images)."""
     from nodes.sd.vae_ops import encode
 
-    return encode(vae, image, ctx)
+    return encode(vae, image, ctx, tiled, tile_size)
 
 
 @node(category="vae", name="VAEEncodeForInpaint", output_name="latent")

@@ -94,6 +94,9 @@ def node_info(schema: dict) -> dict:
 _COMFY_TYPES = {"UNET": "MODEL", "TEXT_ENCODER": "CLIP", "SAMPLER_ALGO": "SAMPLER"}
 
 
+_LITERALS = ("INT", "FLOAT", "STRING", "BOOLEAN")
+
+
 def comfy_class_info(name: str, spec: Any, catalog: dict) -> dict | None:
     """A ComfyUI class (KSampler, CheckpointLoaderSimple, ...) described with ComfyUI's input names and
     vocabularies, from the schema of the node it translates to; clients that read these entries to build
@@ -104,8 +107,17 @@ def comfy_class_info(name: str, spec: Any, catalog: dict) -> dict | None:
     back = {v: k for k, v in spec.inputs.items() if v}
     inputs = []
     order = {name: i for i, name in enumerate(getattr(spec, "widgets", ()))}
-    if order:  # ComfyUI's widget order: a ComfyUI frontend saves `widgets_values` in the order it is given
-        ours = dict(ours, inputs=sorted(ours["inputs"], key=lambda i: order.get(back.get(i["name"], i["name"]), -1)))
+    if order:  # ComfyUI's widget order: a ComfyUI frontend saves `widgets_values` in the order it is given. Our
+        # widgets that the class lacks (VAEDecodeTiled: `tiled`, set by the translation) are left out, so a frontend
+        # built from this list saves exactly the class's widgets.
+        def comfy_widget(i: dict) -> bool:
+            return back.get(i["name"], i["name"]) in order
+
+        def widget(i: dict) -> bool:
+            return not i.get("link_only") and (i["type"] in _LITERALS or i.get("choices") is not None)
+
+        kept = [i for i in ours["inputs"] if comfy_widget(i) or not widget(i)]
+        ours = dict(ours, inputs=sorted(kept, key=lambda i: order.get(back.get(i["name"], i["name"]), -1)))
     for inp in ours["inputs"]:
         inp = dict(inp, name=back.get(inp["name"], inp["name"]), type=_COMFY_TYPES.get(inp["type"], inp["type"]))
         source = spec.choices.get(inp["name"])

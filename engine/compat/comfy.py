@@ -411,8 +411,15 @@ def _image_scale(inputs: dict) -> dict:
     return inputs
 
 
+def _outpaint(inputs: dict) -> dict:
+    inputs.setdefault("value", 0.5)  # ComfyUI fills the new border with grey (a client built on our /object_info
+    inputs.setdefault("mode", "constant")  # sees ImagePad's value and mode, and may send them)
+    return inputs
+
+
 # widgets: ComfyUI's nodes.py (SaveImage, PreviewImage, LoadImage, ImageScale, ImageScaleBy, ImageInvert,
-# ImageScaleToTotalPixels) and comfy_extras/nodes_post_processing.py (ImageBlend)
+# ImageScaleToTotalPixels, ImagePadForOutpaint) and comfy_extras/nodes_post_processing.py (ImageBlend). ImageFlip and
+# ImageRotate (comfy_extras/nodes_images.py) are our own nodes under their names.
 register_comfy_class("SaveImage", ComfyClass("SaveImage", outputs=[], output_node=True, widgets=("filename_prefix",)))
 register_comfy_class("PreviewImage", ComfyClass("PreviewImage", outputs=[], output_node=True))
 register_comfy_class("LoadImage", ComfyClass("LoadImage", inputs={"upload": None}, outputs=["image", "mask"], widgets=("image", UPLOAD)))
@@ -424,3 +431,5 @@ register_comfy_class("ImageInvert", ComfyClass("ImageInvert", outputs=["image"])
 register_comfy_class("ImageBlend", ComfyClass("ImageBlend", outputs=["image"], widgets=("blend_factor", "blend_mode")))
 register_comfy_class("ImageScaleToTotalPixels", ComfyClass("ImageScaleToTotalPixels", outputs=["image"], convert=_image_scale,
                                                            widgets=("upscale_method", "megapixels")))
+register_comfy_class("ImagePadForOutpaint", ComfyClass("ImagePad", outputs=["image", "mask"], convert=_outpaint,
+                                                       widgets=("left", "top", "right", "bottom", "feathering")))

@@ -183,18 +183,23 @@ def with_every_part(c: Conditioning, **changes: Any) -> Conditioning:
 def is_combined(c: Conditioning | None) -> bool:
     """More than one prompt, or a prompt limited to part of the steps or of the image: predicted prompt by prompt."""
     return c is not None and (bool(c.combined) or c.start > 0.0 or c.end < 1.0 or c.mask is not None
-                              or c.strength != 1.0 or c.area is not None)
+                              or c.strength != 1.0 or c.area is not None or c.area_fraction is not None)
 
 
 AREA_FEATHER = 8  # latent pixels faded in at an area's inner edges (ComfyUI's)
 
 
 def _region(c: Conditioning, latents: torch.Tensor, down: int) -> tuple[slice, slice] | None:
-    """The latent rows and columns of a prompt's area (None: the whole image)."""
-    if c.area is None:
-        return None
-    x, y, w, h = (v // down for v in c.area)
+    """The latent rows and columns of a prompt's area (None: the whole image). A fractional area is rounded to
+    the latents' size as ComfyUI rounds it: sizes max(1, round(f x size)), offsets round(f x size)."""
     H, W = latents.shape[-2:]
+    if c.area_fraction is not None:
+        fx, fy, fw, fh = c.area_fraction
+        x, y, w, h = round(fx * W), round(fy * H), max(1, round(fw * W)), max(1, round(fh * H))
+    elif c.area is not None:
+        x, y, w, h = (v // down for v in c.area)
+    else:
+        return None
     x, y = min(x, W - 1), min(y, H - 1)
     return slice(y, min(H, y + max(1, h))), slice(x, min(W, x + max(1, w)))
 
@@ -250,7 +255,7 @@ def _predict_parts(unet: UNetHandle, latents: torch.Tensor, t: torch.Tensor, pos
         for part in conditioning_parts(c):
             if not active_at(part, step, total):
                 continue
-            single = replace(part, start=0.0, end=1.0, mask=None, strength=1.0, area=None)
+            single = replace(part, start=0.0, end=1.0, mask=None, strength=1.0, area=None, area_fraction=None)
             region = _region(part, latents, down)
             x_in, part_state = latents, state
             if region is not None:  # the model sees the area only (SDXL's size conditioning: the area's size)

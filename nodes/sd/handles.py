@@ -212,6 +212,8 @@ class ControlHint:
     strength: float = 1.0
     # ConditioningSetArea: (x, y, width, height) in pixels; the model sees only that part of the latents
     area: tuple[int, int, int, int] | None = None
+    # ConditioningSetAreaPercentage: the same as fractions of the image (at most one of the two is set)
+    area_fraction: tuple[float, float, float, float] | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -242,6 +244,8 @@ class Conditioning:
     strength: float = 1.0
     # ConditioningSetArea: (x, y, width, height) in pixels; the model sees only that part of the latents
     area: tuple[int, int, int, int] | None = None
+    # ConditioningSetAreaPercentage: the same as fractions of the image (at most one of the two is set)
+    area_fraction: tuple[float, float, float, float] | None = None
 
     def __loom_summary__(self) -> dict[str, Any]:
         e = self.embeds

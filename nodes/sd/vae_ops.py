@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, Iterator
 
 import torch
@@ -66,19 +66,21 @@ def _crop8(image: torch.Tensor, ctx: Any, down: int) -> torch.Tensor:
     return image
 
 
-def _encode_pixels(vae: VAEHandle, pixels: torch.Tensor, devices: Any) -> torch.Tensor:
-    """[B,3,H,W] in -1..1 -> scaled latents (mode of the posterior)."""
+def _encode_pixels(vae: VAEHandle, pixels: torch.Tensor, devices: Any, tile_size: int | None = None) -> torch.Tensor:
+    """[B,3,H,W] in -1..1 -> scaled latents (mode of the posterior); in overlapping tiles with a `tile_size`."""
     with devices.use(vae.model, compute_dtype(vae, devices)) as model:
         dtype = next(model.parameters()).dtype
-        dist = model.encode(pixels.to(devices.device, dtype)).latent_dist
+        with _tiling(model, tile_size) if tile_size else nullcontext():
+            dist = model.encode(pixels.to(devices.device, dtype)).latent_dist
         z = dist.mode()
     return ((z - vae.shift_factor) * vae.scaling_factor).float().cpu()
 
 
-def encode(vae: VAEHandle, image: torch.Tensor, ctx: Any) -> Latent:
+def encode(vae: VAEHandle, image: torch.Tensor, ctx: Any, tiled: bool = False, tile_size: int = 512) -> Latent:
     image = _crop8(image[..., :3], ctx, vae.downscale)
     pixels = image.permute(0, 3, 1, 2) * 2 - 1
-    return Latent(samples=_encode_pixels(vae, pixels, ctx.settings.devices()), family=vae.family)
+    samples = _encode_pixels(vae, pixels, ctx.settings.devices(), tile_size if tiled else None)
+    return Latent(samples=samples, family=vae.family)
 
 
 def encode_for_inpaint(vae: VAEHandle, image: torch.Tensor, mask: torch.Tensor, grow: int, ctx: Any) -> Latent:

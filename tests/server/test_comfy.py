@@ -245,3 +245,8 @@ async def test_object_info_describes_comfy_classes_in_comfy_terms():
         listed = [n for part in ("required", "optional") for n in info[name]["input_order"][part]]
         widgets = [w for w in COMFY_CLASSES[name].widgets if w in listed]
         assert [n for n in listed if n in widgets] == widgets, (name, listed)
+    # exactly the class's widgets: ours that it lacks (set by the translation) are not offered to a ComfyUI frontend
+    listed = lambda name: [n for part in ("required", "optional") for n in info[name]["input_order"][part]]  # noqa: E731
+    assert sorted(listed("VAEDecodeTiled")) == ["samples", "tile_size", "vae"]
+    assert listed("ImagePadForOutpaint") == ["image", "left", "top", "right", "bottom", "feathering"]
+    assert "guidance_rescale" not in listed("KSampler") and "eta" not in listed("KSampler")
