@@ -72,8 +72,9 @@ Fraction = Annotated[float, Field(ge=0.0, le=1.0), Widget(step=0.001)]
 
 @node(category="conditioning", output_name="conditioning")
 def conditioning_set_timestep_range(conditioning: CONDITIONING, start: Fraction = 0.0, end: Fraction = 1.0) -> CONDITIONING:
-    """Use this prompt only from `start` to `end` (fractions of the steps); with ConditioningCombine, switch prompts
-    part-way (e.g. composition from one prompt, details from another)."""
+    """Use this prompt only from `start` to `end`; with ConditioningCombine, switch prompts part-way (e.g. composition
+    from one prompt, details from another). As in ComfyUI these are fractions of the model's noise levels, not of the
+    steps: start p means timestep (1 - p) x 999, so Karras-spaced steps switch later than evenly spaced ones."""
     from nodes.sd.denoise import with_every_part
 
     if end < start:

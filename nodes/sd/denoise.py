@@ -232,9 +232,17 @@ def _weight(c: Conditioning, like: torch.Tensor) -> torch.Tensor:
     return m * float(c.strength)
 
 
-def active_at(c: Conditioning, step: int, total: int) -> bool:
-    """Whether a prompt takes part in this step (the ControlNet start/end rule: step fractions)."""
-    return total <= 0 or not (step / total < c.start or (step + 1) / total > c.end)
+def active_at(c: Conditioning, t: torch.Tensor, num_train_timesteps: int = 1000) -> bool:
+    """Whether a prompt limited to [start, end] (ConditioningSetTimestepRange) takes part at timestep `t`.
+
+    ComfyUI's rule: percentages of the model's noise levels, not of the steps. Start p means timestep (1 - p) x 999
+    (ComfyUI compares the equivalent sigmas, which rise with t), so a prompt is active while
+    (1 - end) x 999 <= t <= (1 - start) x 999; start 0 and end 1 are open ends."""
+    if c.start <= 0.0 and c.end >= 1.0:
+        return True
+    top = float(num_train_timesteps - 1)
+    tv = float(t)
+    return (c.start <= 0.0 or tv <= (1.0 - c.start) * top + 1e-4) and (c.end >= 1.0 or tv >= (1.0 - c.end) * top - 1e-4)
 
 
 def _predict_parts(unet: UNetHandle, latents: torch.Tensor, t: torch.Tensor, positive: Conditioning,
@@ -245,15 +253,14 @@ def _predict_parts(unet: UNetHandle, latents: torch.Tensor, t: torch.Tensor, pos
     (1 everywhere without a mask); where no prompt counts, zero. Each prompt runs alone, with its own ControlNets."""
     from .control import control_for_step
 
-    total = int(getattr(state, "total", 0) or len(state.timesteps))
-
+    trained = int(getattr(state.scheduler.config, "num_train_timesteps", 1000) or 1000)
     down = max(1, state.image_size[0] // latents.shape[-2]) if state.image_size[0] else 8
 
     def side(c: Conditioning) -> torch.Tensor:
         num: torch.Tensor | None = None
         den: torch.Tensor | None = None
         for part in conditioning_parts(c):
-            if not active_at(part, step, total):
+            if not active_at(part, t, trained):
                 continue
             single = replace(part, start=0.0, end=1.0, mask=None, strength=1.0, area=None, area_fraction=None)
             region = _region(part, latents, down)

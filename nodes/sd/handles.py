@@ -235,7 +235,8 @@ class Conditioning:
     aesthetic_score: float | None = None
     # ConditioningCombine: more prompts whose noise predictions are averaged with this one's, step by step
     combined: tuple["Conditioning", ...] = ()
-    # ConditioningSetTimestepRange: the fraction of the steps this prompt takes part in, [start, end]
+    # ConditioningSetTimestepRange: the part of the noise levels this prompt takes part in, [start, end] (fractions of
+    # the training timesteps from the noisy end, ComfyUI's percentages; see denoise.active_at)
     start: float = 0.0
     end: float = 1.0
     # ConditioningSetMask: where (mask [B|1, H, W] in pixels, 0..1) and how strongly this prompt counts when

@@ -343,21 +343,35 @@ def test_combining_a_prompt_with_itself_changes_nothing(models_dir, tmp_path):
     assert (plain - both).abs().max().item() <= 1e-5  # predicted one by one instead of in one batch
 
 
-def test_timestep_ranges_switch_prompts_part_way(models_dir, tmp_path):
-    """A for the first half of the steps, B for the second: the same as sampling A's steps, then handing the
-    latent to a second sampler on B (start/end steps, no added noise)."""
+@pytest.mark.parametrize("sigmas", ["default", "karras"])
+def test_timestep_ranges_switch_prompts_part_way_by_noise_level(models_dir, tmp_path, sigmas):
+    """A for the first half, B for the second: the same as sampling A's steps, then handing the latent to a second
+    sampler on B (start/end steps, no added noise). The half is ComfyUI's: timestep 499.5 (50 % of the noise
+    levels), which these 6 steps pass after their 2nd step with either spacing (leading: 831, 665, 499, ...), where a
+    rule by step fractions would switch after 3."""
+    from nodes.sd.loading import load_checkpoint
+    from nodes.sd.schedulers import make_spec, set_timesteps
+
+    ck = load_checkpoint(models_dir / "checkpoints" / "tiny-sd15")
+    _, timesteps, _ = set_timesteps(make_spec("euler", ck.scheduler_config, 6, sigmas=sigmas), torch.device("cpu"))
+    switch = int((timesteps >= 499.5).sum())
+    assert switch == 2, timesteps
     ex = executor(models_dir, tmp_path)
-    switched = output_of(ex, ex.run(wf(_combined_nodes({"text": "a red circle"}, {"text": "a blue square"},
-                                                       ranges=((0.0, 0.5), (0.5, 1.0))))), "dec", "image")
-    nodes = txt2img_nodes("tiny-sd15", steps=6, scheduler="euler")
-    nodes["b"] = {"type": "EncodeText", "inputs": {"text_encoder": L("ckpt", "text_encoder"), "text": "a blue square"}}
-    nodes["sample"]["inputs"].update(end_step=3)
-    nodes["second"] = {"type": "Sample", "inputs": {**nodes["sample"]["inputs"], "positive": L("b", "conditioning"),
-                                                    "latent": L("sample", "latent"), "start_step": 3, "end_step": 10000,
-                                                    "add_noise": False}}
-    nodes["dec"]["inputs"]["latent"] = L("second", "latent")
-    handed = output_of(ex, ex.run(wf(nodes)), "dec", "image")
-    assert (switched - handed).abs().max().item() <= 1e-4
+    nodes = _combined_nodes({"text": "a red circle"}, {"text": "a blue square"}, ranges=((0.0, 0.5), (0.5, 1.0)))
+    nodes["sample"]["inputs"]["sigmas"] = sigmas
+    switched = output_of(ex, ex.run(wf(nodes)), "dec", "image")
+    handed = {}
+    for at in (switch, 3):
+        nodes = txt2img_nodes("tiny-sd15", steps=6, scheduler="euler")
+        nodes["sample"]["inputs"].update(sigmas=sigmas, end_step=at)
+        nodes["b"] = {"type": "EncodeText", "inputs": {"text_encoder": L("ckpt", "text_encoder"), "text": "a blue square"}}
+        nodes["second"] = {"type": "Sample", "inputs": {**nodes["sample"]["inputs"], "positive": L("b", "conditioning"),
+                                                        "latent": L("sample", "latent"), "start_step": at,
+                                                        "end_step": 10000, "add_noise": False}}
+        nodes["dec"]["inputs"]["latent"] = L("second", "latent")
+        handed[at] = output_of(ex, ex.run(wf(nodes)), "dec", "image")
+    assert (switched - handed[switch]).abs().max().item() <= 1e-4
+    assert (switched - handed[3]).abs().max().item() > 1e-3
     only_a = output_of(ex, ex.run(wf(txt2img_nodes("tiny-sd15", steps=6, scheduler="euler"))), "dec", "image")
     assert (switched - only_a).abs().max().item() > 1e-3  # B really took over
 
