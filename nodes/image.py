@@ -37,23 +37,27 @@ class LoadedImage(Outputs):
 @node(category="image", fingerprint=_input_fingerprint)
 def load_image(image: Annotated[str, Choices(_input_images), Widget(upload="image")], ctx: NodeContext) -> LoadedImage:
     """Load an image from the input folder; its alpha channel becomes a MASK (transparent = 1)."""
-    from PIL import Image, UnidentifiedImageError
+    t, m = read_input_image(image, ctx)
+    return LoadedImage(image=t, mask=m)
 
-    from nodes.impl.images import UnsafePath, list_images, pil_to_tensor, safe_join
+
+def read_input_image(image: str, ctx: NodeContext):
+    """(RGB [1,H,W,3], mask [1,H,W] = 1 - alpha) of a file in the input folder; errors name the file."""
+    from PIL import UnidentifiedImageError
+
+    from nodes.impl.images import UnsafePath, list_images, read_image_file, safe_join
 
     try:
         path = safe_join(ctx.folders.input, image)
     except UnsafePath as exc:
-        raise NodeError(str(exc)) from None
+        raise NodeError(f"image: {exc}") from None
     if not path.is_file():
         have = list_images(ctx.folders.input)
         raise NodeError(f"image {image!r} not found in {ctx.folders.input}; it holds: {have[:20] or 'nothing'}")
     try:
-        with Image.open(path) as img:
-            t, m = pil_to_tensor(img)
+        return read_image_file(path)
     except (UnidentifiedImageError, OSError) as exc:
-        raise NodeError(f"{path.name} is not an image Pillow can read: {exc}") from None
-    return LoadedImage(image=t, mask=m)
+        raise NodeError(f"image {path.name!r} is not an image Pillow can read: {exc}") from None
 
 
 def _save(images, ctx: NodeContext, prefix: str, kind: str) -> NodeUI:

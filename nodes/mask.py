@@ -10,7 +10,7 @@ from pydantic import Field
 from engine.compat.comfy import UPLOAD, ComfyClass, register_comfy_class
 from engine.node import Choices, NodeContext, NodeError, Widget, node
 from engine.types import IMAGE, MASK
-from nodes.image import MAX_SIZE, _input_fingerprint, _input_images
+from nodes.image import MAX_SIZE, _input_fingerprint, _input_images, read_input_image
 
 LoadChannel = Literal["alpha", "red", "green", "blue"]  # ComfyUI's LoadImageMask order (alpha first: its default)
 ImageChannel = Literal["red", "green", "blue", "alpha"]  # ComfyUI's ImageToMask order
@@ -59,23 +59,8 @@ def load_image_mask(image: Annotated[str, Choices(_input_images), Widget(upload=
 
     A colour channel gives its value as is; an image without alpha asked for alpha gives zeros (nothing to
     change), as in ComfyUI. 16-bit greyscale keeps its full precision (value / 65535)."""
-    from PIL import Image, UnidentifiedImageError
-
-    from nodes.impl.images import UnsafePath, list_images, pil_to_tensor, safe_join
-
     index = _channel(channel, ("alpha", "red", "green", "blue"))
-    try:
-        path = safe_join(ctx.folders.input, image)
-    except UnsafePath as exc:
-        raise NodeError(f"image: {exc}") from None
-    if not path.is_file():
-        have = list_images(ctx.folders.input)
-        raise NodeError(f"image {image!r} not found in {ctx.folders.input}; it holds: {have[:20] or 'nothing'}")
-    try:
-        with Image.open(path) as img:
-            rgb, mask = pil_to_tensor(img)  # mask = 1 - alpha, zeros without alpha
-    except (UnidentifiedImageError, OSError) as exc:
-        raise NodeError(f"image {path.name!r} is not an image Pillow can read: {exc}") from None
+    rgb, mask = read_input_image(image, ctx)  # mask = 1 - alpha, zeros without alpha
     return mask if index == 3 else rgb[..., index].contiguous()
 
 

@@ -42,11 +42,47 @@ def _high_bit_grey_to_tensor(img: Image.Image) -> tuple[torch.Tensor, torch.Tens
     return image, mask
 
 
+def _png_colour_depth(head: bytes) -> int | None:
+    """The bit depth of a PNG with colour (RGB or RGBA), from its IHDR chunk; None for anything else."""
+    if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return None
+    depth, colour_type = head[24], head[25]
+    return depth if colour_type in (2, 6) else None
+
+
+def _sixteen_bit_colour_png(data: bytes) -> tuple[torch.Tensor, torch.Tensor]:
+    """A 16-bit RGB(A) PNG at full precision (value / 65535), decoded by OpenCV: Pillow keeps only the high byte."""
+    import cv2
+
+    arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is None or arr.ndim != 3 or arr.dtype != np.uint16:
+        raise OSError("OpenCV could not decode this 16-bit PNG")
+    x = arr.astype(np.float32) / 65535.0
+    rgb = x[..., [2, 1, 0]]  # OpenCV gives BGR(A)
+    image = torch.from_numpy(np.ascontiguousarray(rgb))[None]
+    if arr.shape[-1] == 4:
+        mask = 1.0 - torch.from_numpy(np.ascontiguousarray(x[..., 3]))[None]
+    else:
+        mask = torch.zeros((1, arr.shape[0], arr.shape[1]), dtype=torch.float32)
+    return image, mask
+
+
+def read_image_file(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """An image file -> (IMAGE [1,H,W,3], MASK [1,H,W]) at the file's precision (16-bit colour PNGs included);
+    raises OSError / UnidentifiedImageError for what cannot be read."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+        if _png_colour_depth(head) == 16:
+            return _sixteen_bit_colour_png(head + f.read())
+    with Image.open(path) as img:
+        return pil_to_tensor(img)
+
+
 def pil_to_tensor(img: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
     """One PIL image -> (IMAGE [1,H,W,3], MASK [1,H,W]); the mask is 1 - alpha (painted-out = change).
 
-    16-bit greyscale images keep their precision (value / 65535). 16-bit colour PNGs reach us as 8-bit
-    RGB(A): Pillow has no 16-bit colour mode and keeps the high byte.
+    16-bit greyscale images keep their precision (value / 65535). 16-bit colour PNGs have no Pillow mode at full
+    precision: `read_image_file` decodes those with OpenCV.
     """
     img = ImageOps.exif_transpose(img)
     if img.mode in HIGH_BIT_GREY:

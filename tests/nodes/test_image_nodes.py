@@ -125,16 +125,25 @@ def test_load_16_bit_greyscale_transparent_value_and_rotation(folders):
     assert out.mask[0].tolist() == (rotated == 1000).astype(np.float32).tolist()
 
 
-def test_load_16_bit_colour_png_loads_at_8_bit_precision(folders):
-    """Pillow has no 16-bit colour mode: such PNGs load (high byte kept), within one 8-bit step."""
+@pytest.mark.parametrize("alpha", [False, True])
+def test_load_16_bit_colour_png_at_full_precision(folders, alpha):
+    """Pillow keeps only the high byte of 16-bit colour PNGs; these are decoded at full precision (value / 65535),
+    alpha included. 1000 / 65535 would be 0 or 4/255 at 8 bits."""
     import cv2
 
-    rgb = np.zeros((2, 3, 3), dtype=np.uint16)
+    rgb = np.zeros((2, 3, 4 if alpha else 3), dtype=np.uint16)
     rgb[..., 0], rgb[..., 1], rgb[..., 2] = 1000, 40000, 65535
-    assert cv2.imwrite(str(folders.input / "rgb16.png"), rgb[..., ::-1])  # OpenCV writes BGR
+    if alpha:
+        rgb[..., 3] = 65535
+        rgb[0, 1, 3] = 16384
+    bgr = rgb[..., [2, 1, 0, 3]] if alpha else rgb[..., ::-1]
+    assert cv2.imwrite(str(folders.input / "rgb16.png"), np.ascontiguousarray(bgr))  # OpenCV writes BGR(A)
     out = N.load_image("rgb16.png", ctx(folders))
-    torch.testing.assert_close(out.image[0], torch.from_numpy(rgb / 65535.0).float(), atol=1 / 255, rtol=0)
-    assert torch.count_nonzero(out.mask) == 0
+    torch.testing.assert_close(out.image[0], torch.from_numpy(rgb[..., :3] / 65535.0).float(), atol=1e-6, rtol=0)
+    want_mask = np.zeros((2, 3), dtype=np.float32)
+    if alpha:
+        want_mask[0, 1] = 1 - 16384 / 65535
+    torch.testing.assert_close(out.mask[0], torch.from_numpy(want_mask), atol=1e-6, rtol=0)
 
 
 def test_load_missing_file_lists_the_folder(folders):
