@@ -85,15 +85,17 @@ def conditioning_set_timestep_range(conditioning: CONDITIONING, start: Fraction 
 @node(category="conditioning", output_name="conditioning")
 def conditioning_set_mask(conditioning: CONDITIONING, mask: MASK,
                           strength: Annotated[float, Field(1.0, ge=0.0, le=10.0), Widget(step=0.01)] = 1.0,
-                          set_cond_area: Literal["default"] = "default") -> CONDITIONING:
+                          set_cond_area: Literal["default", "mask bounds"] = "default") -> CONDITIONING:
     """Make this prompt count only where the mask is (regional prompting): combine it with others
     (ConditioningCombine) and each pixel's noise prediction is the mix of the prompts by their masks x strengths.
-    (ComfyUI's "mask bounds", which runs the model on the mask's bounding box only, is not supported.)"""
+    "mask bounds" runs the model on the box around the mask only (at least 8 latent pixels), as ComfyUI does: the
+    prompt then describes that region rather than the whole picture."""
     from nodes.sd.denoise import with_every_part
 
     if mask.ndim not in (2, 3):
         raise NodeError(f"mask must be [H, W] or [B, H, W], got shape {list(mask.shape)}")
-    return with_every_part(conditioning, mask=mask if mask.ndim == 3 else mask[None], strength=strength)
+    return with_every_part(conditioning, mask=mask if mask.ndim == 3 else mask[None], strength=strength,
+                           mask_bounds=set_cond_area == "mask bounds")
 
 
 Pixels = Annotated[int, Field(ge=0, le=16384, multiple_of=8, description="pixels; a multiple of 8")]

@@ -193,7 +193,15 @@ def _region(c: Conditioning, latents: torch.Tensor, down: int) -> tuple[slice, s
     """The latent rows and columns of a prompt's area (None: the whole image). A fractional area is rounded to
     the latents' size as ComfyUI rounds it: sizes max(1, round(f x size)), offsets round(f x size)."""
     H, W = latents.shape[-2:]
-    if c.area_fraction is not None:
+    if c.mask is not None and c.mask_bounds:  # ComfyUI's "mask bounds": the box around the mask, at least 8 latent pixels
+        hit = _mask_at(c, latents).abs().amax(dim=(0, 1)) > 0
+        rows, cols = hit.any(1).nonzero().flatten(), hit.any(0).nonzero().flatten()
+        if len(rows) == 0:  # an empty mask: the smallest area (it adds nothing anyway)
+            x, y, w, h = 0, 0, 8, 8
+        else:
+            y, x = int(rows[0]), int(cols[0])
+            h, w = max(8, int(rows[-1]) - y + 1), max(8, int(cols[-1]) - x + 1)
+    elif c.area_fraction is not None:
         fx, fy, fw, fh = c.area_fraction
         x, y, w, h = round(fx * W), round(fy * H), max(1, round(fw * W)), max(1, round(fh * H))
     elif c.area is not None:
@@ -220,16 +228,21 @@ def _feather(weight: torch.Tensor, rows: slice, cols: slice, full: tuple[int, in
     return weight
 
 
-def _weight(c: Conditioning, like: torch.Tensor) -> torch.Tensor:
-    """Where and how much a prompt counts, at the latents' size: its mask (bilinear, as ComfyUI) times its strength."""
-    if c.mask is None:
-        return torch.full((like.shape[0], 1, *like.shape[-2:]), float(c.strength), dtype=torch.float32, device=like.device)
+def _mask_at(c: Conditioning, like: torch.Tensor) -> torch.Tensor:
+    """A prompt's mask at the latents' size and batch, [B, 1, h, w] (bilinear, as ComfyUI)."""
     m = c.mask if c.mask.ndim == 3 else c.mask[..., 0]
     m = torch.nn.functional.interpolate(m[:, None].float().to(like.device), size=like.shape[-2:], mode="bilinear",
                                         align_corners=False)
     if m.shape[0] != like.shape[0]:
         m = m.repeat(math.ceil(like.shape[0] / m.shape[0]), 1, 1, 1)[: like.shape[0]]
-    return m * float(c.strength)
+    return m
+
+
+def _weight(c: Conditioning, like: torch.Tensor) -> torch.Tensor:
+    """Where and how much a prompt counts, at the latents' size: its mask times its strength."""
+    if c.mask is None:
+        return torch.full((like.shape[0], 1, *like.shape[-2:]), float(c.strength), dtype=torch.float32, device=like.device)
+    return _mask_at(c, like) * float(c.strength)
 
 
 def active_at(c: Conditioning, t: torch.Tensor, num_train_timesteps: int = 1000) -> bool:
@@ -262,7 +275,8 @@ def _predict_parts(unet: UNetHandle, latents: torch.Tensor, t: torch.Tensor, pos
         for part in conditioning_parts(c):
             if not active_at(part, t, trained):
                 continue
-            single = replace(part, start=0.0, end=1.0, mask=None, strength=1.0, area=None, area_fraction=None)
+            single = replace(part, start=0.0, end=1.0, mask=None, mask_bounds=False, strength=1.0, area=None,
+                             area_fraction=None)
             region = _region(part, latents, down)
             x_in, part_state = latents, state
             if region is not None:  # the model sees the area only (SDXL's size conditioning: the area's size)
@@ -273,8 +287,10 @@ def _predict_parts(unet: UNetHandle, latents: torch.Tensor, t: torch.Tensor, pos
             eps = predict_noise(unet, x_in, t, single, None, part_state, devices, guidance=False, control=control,
                                 runner=runner, step=step).cond
             w = _weight(part, latents)  # mask x strength over the whole image
-            if region is not None:
-                w = _feather(w[..., region[0], region[1]].clone(), region[0], region[1], tuple(latents.shape[-2:]))
+            if region is not None:  # ComfyUI fades an area's inner edges in unless a mask says where it counts
+                w = w[..., region[0], region[1]].clone()
+                if part.mask is None:
+                    w = _feather(w, region[0], region[1], tuple(latents.shape[-2:]))
                 full_eps = torch.zeros((*eps.shape[:2], *latents.shape[-2:]), dtype=eps.dtype, device=eps.device)
                 full_w = torch.zeros((w.shape[0], 1, *latents.shape[-2:]), dtype=w.dtype, device=w.device)
                 full_eps[..., region[0], region[1]] = eps

@@ -209,6 +209,7 @@ class ControlHint:
     # ConditioningSetMask: where (mask [B|1, H, W] in pixels, 0..1) and how strongly this prompt counts when
     # combined prompts' predictions are mixed
     mask: torch.Tensor | None = None
+    mask_bounds: bool = False  # ComfyUI's set_cond_area "mask bounds": the model sees the box around the mask only
     strength: float = 1.0
     # ConditioningSetArea: (x, y, width, height) in pixels; the model sees only that part of the latents
     area: tuple[int, int, int, int] | None = None
@@ -242,6 +243,7 @@ class Conditioning:
     # ConditioningSetMask: where (mask [B|1, H, W] in pixels, 0..1) and how strongly this prompt counts when
     # combined prompts' predictions are mixed
     mask: torch.Tensor | None = None
+    mask_bounds: bool = False  # ComfyUI's set_cond_area "mask bounds": the model sees the box around the mask only
     strength: float = 1.0
     # ConditioningSetArea: (x, y, width, height) in pixels; the model sees only that part of the latents
     area: tuple[int, int, int, int] | None = None

@@ -442,6 +442,34 @@ def test_area_prompts_see_their_part_of_the_latents(models_dir, tmp_path):
     assert not torch.allclose(ea, whole[..., :8], atol=1e-4)  # the area really saw only its part
 
 
+def test_mask_bounds_runs_the_model_on_the_box_around_the_mask(models_dir, tmp_path):
+    """ComfyUI's set_cond_area "mask bounds": the masked prompt's model call sees the mask's bounding box (at least 8
+    latent pixels), its prediction weighted by the mask there without the area fade; a mask of 2x3 latent pixels
+    grows to an 8-pixel box, cut at the latents' edge."""
+    from nodes import conditioning as C
+    from nodes.sd.denoise import predict_noise
+
+    unet, a, b, state, x, devices = _two_prompts_at_step0(models_dir, tmp_path, width=128, seed=7)
+    t = state.timesteps[0]
+
+    def eps(c, latents=x):
+        return predict_noise(unet, latents, t, c, None, state, devices, guidance=False).cond
+
+    right = torch.zeros(1, 64, 128)
+    right[..., 64:] = 1.0  # latent columns 8..15, all 8 rows
+    bounded = C.conditioning_set_mask(b, right, set_cond_area="mask bounds")
+    mixed = eps(C.conditioning_combine(C.conditioning_set_mask(a, 1 - right), bounded))
+    assert torch.allclose(mixed[..., 8:], eps(b, x[..., 8:]), atol=1e-6)  # the right half alone
+    assert torch.allclose(mixed[..., :8], eps(a)[..., :8], atol=1e-6)
+    assert not torch.allclose(eps(b, x[..., 8:]), eps(b)[..., 8:], atol=1e-4)  # not the whole-image prediction
+    small = torch.zeros(1, 64, 128)
+    small[:, 16:32, 96:120] = 1.0  # latent rows 2..3, columns 12..14
+    only = eps(C.conditioning_set_mask(b, small, set_cond_area="mask bounds"))
+    inside = eps(b, x[..., 2:8, 12:16])  # 8 rows from row 2 and 8 columns from 12, both cut at the edge
+    assert torch.allclose(only[..., 2:4, 12:15], inside[..., :2, :3], atol=1e-6)
+    assert torch.count_nonzero(only[..., :2, :]) == 0 and torch.count_nonzero(only[..., :, :12]) == 0  # no weight
+
+
 def test_area_and_mask_prompts_sample_end_to_end(models_dir, tmp_path):
     ex = executor(models_dir, tmp_path)
     nodes = txt2img_nodes("tiny-sd15", steps=3, size=64)
