@@ -1,4 +1,4 @@
-"""UNet patches that change the forward pass rather than the weights: FreeU and FreeU v2.
+"""UNet patches that change the forward pass or guidance rather than the weights: FreeU, FreeU v2, RescaleCFG.
 
 Like LoRA nodes, these return a new UNet handle with a small description attached; the node that runs the
 model installs it for that call only (nodes/sd/unet_hooks.py), so the cached model is never changed.
@@ -56,7 +56,21 @@ def free_u_v2(unet: UNET, ctx: NodeContext, b1: _factor(1.3, B1) = 1.3, b2: _fac
     return _freeu(unet, ctx, b1, b2, s1, s2, 2)
 
 
+@node(category="model_patches/unet", name="RescaleCFG", output_name="unet")
+def rescale_cfg(unet: UNET, multiplier: Annotated[float, Field(0.7, ge=0.0, le=1.0), Widget(step=0.01)] = 0.7) -> UNET:
+    """Guidance rescale as ComfyUI's RescaleCFG: guide in v space, scale the result to the conditional prediction's
+    spread, mix by `multiplier` (Lin et al. 2023; for zero-terminal-SNR and v-prediction models). On a v-prediction
+    model this is the sampler's guidance_rescale; on an epsilon model it differs, as in ComfyUI."""
+    from dataclasses import replace
+
+    if unet.prediction_type not in ("epsilon", "v_prediction"):
+        raise NodeError(f"unet: RescaleCFG needs an epsilon or v-prediction model, this one predicts {unet.prediction_type}")
+    return replace(unet, cfg_rescale=float(multiplier))
+
+
 # ComfyUI's comfy_extras/nodes_freelunch.py: widgets b1, b2, s1, s2 after the MODEL socket
 _WIDGETS = ("b1", "b2", "s1", "s2")
 register_comfy_class("FreeU", ComfyClass("FreeU", {"model": "unet"}, ["unet"], widgets=_WIDGETS))
 register_comfy_class("FreeU_V2", ComfyClass("FreeUV2", {"model": "unet"}, ["unet"], widgets=_WIDGETS))
+# comfy_extras/nodes_model_advanced.py
+register_comfy_class("RescaleCFG", ComfyClass("RescaleCFG", {"model": "unet"}, ["unet"], widgets=("multiplier",)))

@@ -15,7 +15,8 @@ import torch
 
 from engine.node import NodeError
 
-from .handles import Conditioning, Latent, NoisePrediction, NoiseSpec, SamplerState, SchedulerSpec, UNetHandle, family_label, latent_space
+from .handles import (Conditioning, Latent, NoisePrediction, NoiseSpec, SamplerState, SchedulerSpec, UNetHandle, VFrame,
+                      family_label, latent_space)
 from .schedulers import set_timesteps, step_kwargs
 
 
@@ -313,7 +314,8 @@ def predict_noise(unet: UNetHandle, latents: torch.Tensor, t: torch.Tensor, posi
 
     `runner` (fast mode) maps the placed model to the callable that runs it (a compiled one)."""
     if is_combined(positive) or (guidance and is_combined(negative)):
-        return _predict_parts(unet, latents, t, positive, negative if guidance else None, state, devices, step, runner)
+        pred = _predict_parts(unet, latents, t, positive, negative if guidance else None, state, devices, step, runner)
+        return _with_v_frame(pred, unet, latents, t, state)
     use_cfg = guidance and negative is not None
     b = latents.shape[0]
     embeds, text_embeds, time_ids = model_conditioning(unet, positive, negative if use_cfg else None, state, b, use_cfg)
@@ -336,21 +338,59 @@ def predict_noise(unet: UNetHandle, latents: torch.Tensor, t: torch.Tensor, posi
                    down_block_additional_residuals=down, mid_block_additional_residual=mid, return_dict=False)[0]
     if use_cfg:
         uncond, cond = out.chunk(2)
-        return NoisePrediction(cond=cond, uncond=uncond)
+        return _with_v_frame(NoisePrediction(cond=cond, uncond=uncond), unet, latents, t, state)
     return NoisePrediction(cond=out)
 
 
+def vp_coefficients(scheduler: Any, t: torch.Tensor) -> tuple[float, float]:
+    """(alpha_t, sigma_t) of the training schedule at timestep t, interpolating log sigma between integer steps
+    (as diffusers maps Karras sigmas to timesteps, and as ComfyUI maps them back)."""
+    ac = scheduler.alphas_cumprod.double()
+    log_sigmas = (((1 - ac) / ac) ** 0.5).log()
+    tv = min(max(float(t), 0.0), float(len(ac) - 1))
+    lo = int(tv)
+    hi = min(lo + 1, len(ac) - 1)
+    w = tv - lo
+    s = float(((1 - w) * log_sigmas[lo] + w * log_sigmas[hi]).exp())
+    return 1.0 / (1.0 + s * s) ** 0.5, s / (1.0 + s * s) ** 0.5
+
+
+def _with_v_frame(pred: NoisePrediction, unet: UNetHandle, latents: torch.Tensor, t: torch.Tensor,
+                  state: SamplerState) -> NoisePrediction:
+    """Attach what RescaleCFG needs (the UNet handle asks for it) to a guided prediction."""
+    if not unet.cfg_rescale or pred.uncond is None:
+        return pred
+    alpha, sigma = vp_coefficients(state.scheduler, t)
+    sample = state.scheduler.scale_model_input(latents, t)
+    pred.v_frame = VFrame(float(unet.cfg_rescale), sample, alpha, sigma, unet.prediction_type)
+    return pred
+
+
 def apply_guidance(pred: NoisePrediction, cfg: float, rescale: float = 0.0) -> NoisePrediction:
-    """Classifier-free guidance, with guidance rescale (Lin et al. 2023) against over-exposure."""
+    """Classifier-free guidance, with guidance rescale (Lin et al. 2023) against over-exposure.
+
+    `rescale` works on the model's output (diffusers' guidance_rescale); a UNet patched with RescaleCFG (the
+    prediction carries a `v_frame`) first gets ComfyUI's version, which guides and rescales in v space. For
+    v-prediction models the two are the same."""
     if pred.uncond is None:
         return NoisePrediction(cond=pred.cond, guided=pred.cond)
-    guided = pred.uncond + cfg * (pred.cond - pred.uncond)
+    frame = pred.v_frame
+    if frame is not None:
+        cond, uncond = frame.to_v(pred.cond), frame.to_v(pred.uncond)
+        guided = frame.from_v(_rescaled(cond, uncond + cfg * (cond - uncond), frame.multiplier))
+    else:
+        guided = pred.uncond + cfg * (pred.cond - pred.uncond)
     if rescale > 0:
-        dims = list(range(1, pred.cond.ndim))
-        std_cond = pred.cond.std(dim=dims, keepdim=True)
-        std_cfg = guided.std(dim=dims, keepdim=True)
-        guided = rescale * (guided * (std_cond / std_cfg)) + (1 - rescale) * guided
-    return NoisePrediction(cond=pred.cond, uncond=pred.uncond, guided=guided)
+        guided = _rescaled(pred.cond, guided, rescale)
+    return NoisePrediction(cond=pred.cond, uncond=pred.uncond, guided=guided, v_frame=frame)
+
+
+def _rescaled(cond: torch.Tensor, guided: torch.Tensor, amount: float) -> torch.Tensor:
+    """The guided prediction scaled to the conditional one's standard deviation (per image), mixed by `amount`."""
+    dims = list(range(1, cond.ndim))
+    std_cond = cond.std(dim=dims, keepdim=True)
+    std_cfg = guided.std(dim=dims, keepdim=True)
+    return amount * (guided * (std_cond / std_cfg)) + (1 - amount) * guided
 
 
 def scheduler_step(state: SamplerState, pred: NoisePrediction, t: torch.Tensor, latents: torch.Tensor, index: int) -> torch.Tensor:

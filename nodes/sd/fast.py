@@ -621,6 +621,8 @@ def sample(unet: Any, positive: Any, negative: Any, latent: Any, noise_spec: Any
     recipe, why = fused_recipe(state, use_cfg, guidance_rescale)
     if recipe is not None and (is_combined(positive) or is_combined(neg)):
         recipe, why = None, "combined or step-limited conditioning (predicted prompt by prompt)"
+    if recipe is not None and unet.cfg_rescale and use_cfg:
+        recipe, why = None, "RescaleCFG (guidance in v space)"
     controls = None
     if recipe is not None and (positive.controls or (neg is not None and neg.controls)):
         channels = int(unet.in_channels)

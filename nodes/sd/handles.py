@@ -56,6 +56,7 @@ class UNetHandle:
     patches: tuple = ()  # LoRA patch descriptions, applied by the node that runs the model
     arch: str = ""
     hooks: tuple = ()  # changes to the forward pass (FreeU), installed by the node that runs the model
+    cfg_rescale: float = 0.0  # ComfyUI's RescaleCFG multiplier: guidance rescaled in v space (0 = off)
 
     def with_patch(self, patch: Any) -> "UNetHandle":
         return replace(self, patches=self.patches + (patch,))
@@ -272,6 +273,28 @@ class NoiseSpec:
         return torch.Generator("cpu").manual_seed(self.seed)
 
 
+@dataclass(frozen=True, eq=False)
+class VFrame:
+    """A step's latents in the model's (variance-preserving) scale with alpha_t and sigma_t, so a noise prediction
+    can be written as a v prediction (Salimans & Ho 2022): v = (eps - sigma x) / alpha, eps = alpha v + sigma x."""
+
+    multiplier: float
+    sample: torch.Tensor  # x_t, as the UNet sees it
+    alpha: float
+    sigma: float
+    prediction_type: str  # of the model output: epsilon or v_prediction
+
+    def to_v(self, out: torch.Tensor) -> torch.Tensor:
+        if self.prediction_type == "v_prediction":
+            return out
+        return (out - self.sigma * self.sample) / self.alpha
+
+    def from_v(self, v: torch.Tensor) -> torch.Tensor:
+        if self.prediction_type == "v_prediction":
+            return v
+        return self.alpha * v + self.sigma * self.sample
+
+
 @dataclass(eq=False)
 class NoisePrediction:
     """What the UNet predicted for one step: the conditional and (with CFG) unconditional halves."""
@@ -279,6 +302,7 @@ class NoisePrediction:
     cond: torch.Tensor
     uncond: torch.Tensor | None = None
     guided: torch.Tensor | None = None  # set by the guidance stage
+    v_frame: VFrame | None = None  # set when the UNet asks for RescaleCFG: what converting to v space needs
 
     def result(self) -> torch.Tensor:
         if self.guided is not None:
