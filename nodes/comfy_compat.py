@@ -162,6 +162,10 @@ TABLE = {
     "SamplerCustom": ComfyClass("SampleParts", {"model": "unet", "noise_seed": "seed", "latent_image": "latent"}, ["latent", "latent"],
                                 convert=_custom, widgets=("add_noise", "noise_seed", _CAG, "cfg")),
     "SamplerCustomAdvanced": ComfyClass("SampleGuided", {"latent_image": "latent"}, ["latent", "latent"]),
+    # comfy_extras/nodes_custom_sampler.py's sigma generators: KarrasScheduler, ExponentialScheduler,
+    # PolyexponentialScheduler, VPScheduler, FlipSigmas and SetFirstSigma are our nodes of the same names and inputs;
+    # SDTurboScheduler takes the model as `unet`.
+    "SDTurboScheduler": ComfyClass("SDTurboScheduler", {"model": "unet"}, ["sigmas"], widgets=("steps", "denoise")),
 }
 
 for _name, _spec in TABLE.items():

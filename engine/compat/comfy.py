@@ -7,9 +7,10 @@ outputs, and (where the vocabularies differ, e.g. sampler names) a value transla
 
 ComfyUI's editor saves another shape, the LiteGraph workflow `{nodes: [{id, type, inputs, widgets_values}],
 links: [[id, from, from_slot, to, to_slot, type]]}`, whose widget values are positional. Each table entry
-records ComfyUI's widget order (`ComfyClass.widgets`), so `litegraph_to_prompt` rebuilds the API prompt
-ComfyUI's own frontend would send (Reroutes followed, PrimitiveNodes inlined, muted nodes left out), and
-that prompt then takes the same translation as any other.
+records ComfyUI's widget order (`ComfyClass.widgets`), so `litegraph_to_prompt` (engine/compat/litegraph.py,
+importable from here too) rebuilds the API prompt ComfyUI's own frontend would send (Reroutes followed,
+PrimitiveNodes inlined, muted nodes left out, subgraphs and group nodes inlined), and that prompt then takes
+the same translation as any other.
 """
 
 from __future__ import annotations
@@ -161,248 +162,18 @@ def prompt_to_workflow(prompt: dict, registry: Any = None) -> dict:
     return {"format": FORMAT, "version": CURRENT_VERSION, "nodes": nodes, "ui": {"source": "comfyui-api"}}
 
 
-# -- ComfyUI's editor (LiteGraph) workflows -> API prompts ----------------------------------------------------
+# -- ComfyUI's editor (LiteGraph) workflows: engine/compat/litegraph.py, its public names importable from here too ----
 
-REROUTE = "Reroute"  # frontend-only: a link passes through it
-PRIMITIVE = "PrimitiveNode"  # frontend-only: its value becomes the literal of the widget inputs it feeds
-UI_ONLY = frozenset({"Note", "MarkdownNote"})  # frontend-only, nothing to run
-MODE_MUTED, MODE_BYPASS = 2, 4  # LiteGraph node modes ComfyUI gives a meaning ("never", "bypass")
+_LITEGRAPH_NAMES = frozenset({"REROUTE", "PRIMITIVE", "UI_ONLY", "MODE_MUTED", "MODE_BYPASS", "is_litegraph_workflow",
+                              "litegraph_to_prompt", "litegraph_to_workflow", "flatten"})
 
 
-def is_litegraph_workflow(data: Any) -> bool:
-    """ComfyUI's editor format: `{nodes: [...], links: [...]}` (ours has `format` and a `nodes` object)."""
-    return isinstance(data, dict) and "format" not in data and isinstance(data.get("nodes"), list)
+def __getattr__(name: str) -> Any:  # imported on first use: that module imports this one
+    if name in _LITEGRAPH_NAMES:
+        from . import litegraph
 
-
-def _link_table(links: Any) -> dict[str, tuple[str, Any]]:
-    """link id -> (origin node id, origin slot), from `[id, from, from_slot, to, to_slot, type]` arrays or
-    the `{id, origin_id, origin_slot, ...}` objects of the newer schema."""
-    table: dict[str, tuple[str, Any]] = {}
-    for link in links or []:
-        if isinstance(link, list) and len(link) >= 5:
-            link_id, origin, slot = link[0], link[1], link[2]
-        elif isinstance(link, dict) and "id" in link:
-            link_id, origin, slot = link["id"], link.get("origin_id"), link.get("origin_slot")
-        else:
-            continue
-        try:  # ComfyUI sends parseInt(origin_slot)
-            slot = int(slot)
-        except (TypeError, ValueError):
-            pass
-        table[str(link_id)] = (str(origin), slot)
-    return table
-
-
-def _position(pos: Any) -> list[float] | None:
-    if isinstance(pos, dict):  # older files: {"0": x, "1": y}
-        pos = [pos.get("0"), pos.get("1")]
-    if isinstance(pos, (list, tuple)) and len(pos) >= 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in pos[:2]):
-        return [pos[0], pos[1]]
-    return None
-
-
-def _input_name(inp: dict) -> Any:
-    widget = inp.get("widget")
-    return widget["name"] if isinstance(widget, dict) and widget.get("name") else inp.get("name")
-
-
-def _widget_inputs(nid: str, class_type: str, spec: ComfyClass, values: Any, warnings: list[str]) -> dict[str, Any]:
-    """`widgets_values` by ComfyUI's widget order (a list), or by name (an object, as newer frontends may save)."""
-    inputs: dict[str, Any] = {}
-    if values is None:
-        return inputs
-    if isinstance(values, dict):
-        for name, value in values.items():
-            if name in (CONTROL_AFTER_GENERATE, UPLOAD):
-                continue
-            if spec.widgets and name not in spec.widgets:
-                warnings.append(f"node {nid} ({class_type}): widget {name!r} is not one of ComfyUI's {class_type} widgets; ignored")
-                continue
-            inputs[name] = value
-        return inputs
-    if not isinstance(values, list):
-        raise ComfyTranslationError(nid, "'widgets_values' must be a list or an object")
-    i = 0
-    for name in spec.widgets:
-        if i >= len(values):
-            break
-        if name == CONTROL_AFTER_GENERATE:
-            if isinstance(values[i], str) and values[i] in CONTROL_VALUES:  # files from before the control widget have none
-                i += 1
-            continue
-        if name != UPLOAD:
-            inputs[name] = values[i]
-        i += 1
-    extra = [v for v in values[i:] if not (isinstance(v, str) and v in CONTROL_VALUES)]  # a seed control we did not expect
-    if extra:
-        known = [w for w in spec.widgets if w not in (CONTROL_AFTER_GENERATE, UPLOAD)]
-        warnings.append(f"node {nid} ({class_type}): {len(extra)} widget value(s) more than ComfyUI's {class_type} has "
-                        f"widgets ({', '.join(known) or 'none'}); ignored: {extra!r}")
-    return inputs
-
-
-def litegraph_to_prompt(workflow: dict, registry: Any = None, *, bypass: str = "keep") -> tuple[dict, dict[str, list[float]], list[str]]:
-    """A ComfyUI editor workflow -> (the API prompt ComfyUI's frontend would send, node positions, warnings).
-
-    Links come from the `links` table and widget values from `widgets_values` in ComfyUI's widget order (the
-    seed's control_after_generate and LoadImage's upload values skipped); a widget converted to an input and
-    linked is a link. Reroutes are followed, a PrimitiveNode's value becomes the literal of the inputs it
-    feeds, muted nodes (mode 2) are left out with a warning (so are inputs linked to them, as ComfyUI does),
-    Notes are skipped. Bypassed nodes (mode 4): `bypass="keep"` keeps them marked `_meta.mode = "bypass"`,
-    which `prompt_to_workflow` turns into our bypass; `bypass="splice"` leaves them out and routes each link
-    through the node's input of the same type, as ComfyUI's frontend does (so does "keep" for a bypassed class
-    with no translation, with a warning). Group nodes, subgraphs and class types with no translation are refused
-    with a ComfyTranslationError naming the node.
-    """
-    _ensure_tables()
-    if bypass not in ("keep", "splice"):
-        raise ValueError(f"bypass must be 'keep' or 'splice', got {bypass!r}")
-    if not is_litegraph_workflow(workflow):
-        raise ComfyTranslationError(None, "not a ComfyUI editor workflow: it has no 'nodes' list")
-    nodes: dict[str, dict] = {}
-    for n in workflow["nodes"]:
-        if not isinstance(n, dict) or n.get("id") is None:
-            raise ComfyTranslationError(None, f"every node of the workflow must be an object with an 'id', got {str(n)[:80]}")
-        nodes[str(n["id"])] = n
-    links = _link_table(workflow.get("links"))
-    group_nodes = set((workflow.get("extra") or {}).get("groupNodes") or {})
-    subgraphs = {str(sg.get("id")): sg.get("name") or sg.get("id")
-                 for sg in ((workflow.get("definitions") or {}).get("subgraphs") or []) if isinstance(sg, dict)}
-    for nid, n in nodes.items():
-        t = n.get("type")
-        if not isinstance(t, str) or not t:
-            raise ComfyTranslationError(nid, "the node has no 'type'")
-        if t in subgraphs:
-            raise ComfyTranslationError(nid, f"this is the ComfyUI subgraph {subgraphs[t]!r}, which cannot be imported: unpack it in "
-                                             "ComfyUI (right-click > Unpack Subgraph) and save the workflow again")
-        if t.startswith(("workflow>", "workflow/")) or t in group_nodes:
-            raise ComfyTranslationError(nid, f"this is the ComfyUI group node {t!r}, which cannot be imported: convert it to nodes "
-                                             "in ComfyUI (right-click > Convert to nodes) and save the workflow again")
-
-    warnings: list[str] = []
-    # bypassed nodes left out, their links routed through (all of them with "splice"; with "keep", those we could
-    # not translate anyway: a bypassed custom node changes nothing, so it does not stop the import)
-    spliced: set[str] = set()
-    for nid, n in nodes.items():
-        if n.get("mode") == MODE_BYPASS and n["type"] not in (REROUTE, PRIMITIVE) and n["type"] not in UI_ONLY:
-            if bypass == "splice":
-                spliced.add(nid)
-            elif _spec_of(n["type"], registry) is None:
-                spliced.add(nid)
-                warnings.append(f"node {nid} ({n['type']}) is bypassed and has no translation here: left out, its links "
-                                "passed through as ComfyUI does")
-
-    def resolve(link_id: Any, want_type: Any, nid: str, name: Any) -> tuple | None:
-        """Where a link really comes from: ("link", node id, slot), ("value", literal), ("drop", why), or None
-        (ComfyUI sends no link, so a widget's own value stands)."""
-        seen: set[str] = set()
-        key = str(link_id)
-        while True:
-            if key in seen:
-                raise ComfyTranslationError(nid, f"input {name!r}: its link loops through Reroute or bypassed nodes")
-            seen.add(key)
-            origin = links.get(key)
-            if origin is None:
-                warnings.append(f"node {nid}: input {name!r} names link {link_id}, which the workflow does not list; left unlinked")
-                return None
-            src_id, slot = origin
-            src = nodes.get(src_id)
-            if src is None:  # ComfyUI finds no node, so sends no link
-                warnings.append(f"node {nid}: input {name!r} links to node {src_id}, which does not exist; left unlinked")
-                return None
-            t = src.get("type")
-            if t == REROUTE:
-                ins = src.get("inputs") or []
-                nxt = ins[0].get("link") if ins and isinstance(ins[0], dict) else None
-                if nxt is None:
-                    return None
-                key = str(nxt)
-                continue
-            if t == PRIMITIVE:
-                values = src.get("widgets_values")
-                if isinstance(values, list) and values:
-                    return ("value", values[0])
-                if isinstance(values, dict) and values:
-                    return ("value", next(iter(values.values())))
-                return None
-            mode = src.get("mode")
-            if mode == MODE_MUTED:
-                return ("drop", f"links to node {src_id} ({t}), which is muted")
-            if not isinstance(slot, int):
-                raise ComfyTranslationError(nid, f"input {name!r}: link {key} has no output slot number ({slot!r})")
-            if src_id in spliced:
-                ins = src.get("inputs") or []
-                order = [slot] + list(range(len(ins)))
-                match = next((i for i in order if 0 <= i < len(ins) and isinstance(ins[i], dict) and ins[i].get("type") == want_type), None)
-                if match is None:
-                    return ("drop", f"links to node {src_id} ({t}), which is bypassed and has no input of type {want_type} to pass through")
-                if ins[match].get("link") is None:
-                    return None
-                key = str(ins[match]["link"])
-                continue
-            if t in UI_ONLY:
-                return ("drop", f"links to node {src_id} ({t}), which ComfyUI does not run")
-            return ("link", src_id, slot)
-
-    prompt: dict[str, dict] = {}
-    positions: dict[str, list[float]] = {}
-    for nid, n in nodes.items():
-        t = n["type"]
-        if t in (REROUTE, PRIMITIVE) or t in UI_ONLY:
-            continue
-        mode = n.get("mode", 0)
-        if mode == MODE_MUTED:
-            warnings.append(f"node {nid} ({t}) is muted in ComfyUI: left out, as ComfyUI leaves it out of the prompt")
-            continue
-        if nid in spliced:
-            continue
-        spec = _spec_of(t, registry)
-        if spec is None:
-            raise ComfyTranslationError(nid, _unsupported(t))
-        inputs = _widget_inputs(nid, t, spec, n.get("widgets_values"), warnings)
-        for inp in n.get("inputs") or []:
-            if not isinstance(inp, dict) or inp.get("link") is None:
-                continue
-            name = _input_name(inp)
-            where = resolve(inp["link"], inp.get("type"), nid, name)
-            if where is None:
-                continue
-            if where[0] == "link":
-                inputs[name] = [where[1], where[2]]
-            elif where[0] == "value":
-                inputs[name] = where[1]
-            else:  # ComfyUI drops an input linked to a node it leaves out
-                inputs.pop(name, None)
-                warnings.append(f"node {nid}: input {name!r} {where[1]}; left unconnected")
-        missing = [w for w in spec.widgets if w not in (CONTROL_AFTER_GENERATE, UPLOAD) and w not in inputs]
-        if missing and isinstance(n.get("widgets_values"), list):
-            warnings.append(f"node {nid} ({t}): no value for {', '.join(missing)} in widgets_values; the default applies")
-        entry: dict[str, Any] = {"inputs": inputs, "class_type": t}
-        meta: dict[str, Any] = {}
-        if isinstance(n.get("title"), str) and n["title"]:
-            meta["title"] = n["title"]
-        if mode == MODE_BYPASS:
-            meta["mode"] = "bypass"
-        if meta:
-            entry["_meta"] = meta
-        prompt[nid] = entry
-        pos = _position(n.get("pos"))
-        if pos is not None:
-            positions[nid] = pos
-    return prompt, positions, warnings
-
-
-def litegraph_to_workflow(workflow: dict, registry: Any = None) -> tuple[dict, list[str]]:
-    """A ComfyUI editor workflow -> (our workflow, warnings): `litegraph_to_prompt`, then the prompt's translation,
-    with the editor positions as `ui.pos` and bypassed nodes as our bypass."""
-    prompt, positions, warnings = litegraph_to_prompt(workflow, registry)
-    if not prompt:
-        raise ComfyTranslationError(None, "the workflow has no node ComfyUI would run")
-    wf = prompt_to_workflow(prompt, registry)
-    for nid, pos in positions.items():
-        wf["nodes"][nid]["ui"]["pos"] = pos
-    wf["ui"] = {"source": "comfyui"}
-    return wf, warnings
+        return getattr(litegraph, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _image_scale(inputs: dict) -> dict:

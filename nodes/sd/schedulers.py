@@ -6,7 +6,7 @@ per algorithm with config flags. This table is the one place that maps between t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -58,6 +58,55 @@ COMFY_SCHEDULERS = {"normal": "default", "simple": "default", "sgm_uniform": "de
 
 class SchedulerError(ValueError):
     pass
+
+
+# Schedulers that sample a given sigma list (ComfyUI's SIGMAS from KarrasScheduler, ExponentialScheduler, ...). In
+# diffusers 0.42.1 only EulerDiscreteScheduler takes `set_timesteps(sigmas=...)` for these models' sigmas (it derives
+# each step's timestep by log-sigma interpolation over the training sigmas, as for its own karras sigmas). UniPC takes
+# `sigmas=` only with `use_flow_sigmas` (flow-matching models); Heun, DPM++ 2M/single-step, DDPM and LCM take only
+# `timesteps=` (their sigmas are re-derived from timesteps, rounded to integers or interpolated linearly in sigma, so a
+# given sigma list would not be sampled as given); EulerAncestral, LMS, DPM2, DPM++ SDE, DEIS, DDIM and PNDM take neither.
+SIGMA_LIST_CLASSES = ("EulerDiscreteScheduler",)
+
+
+@dataclass(frozen=True)
+class ExplicitSigmasSpec(SchedulerSpec):
+    """A scheduler recipe run on a given sigma list instead of the one it would compute: N+1 sigmas for N steps
+    (the last usually 0), exact floats."""
+
+    sigmas: tuple = ()
+
+    def __loom_summary__(self) -> dict[str, Any]:
+        out = super().__loom_summary__()
+        out["sigmas"] = [round(s, 6) for s in self.sigmas[:50]]
+        return out
+
+
+def takes_sigma_list(class_name: str) -> bool:
+    import inspect
+
+    cls = scheduler_class(class_name)
+    return class_name in SIGMA_LIST_CLASSES and "sigmas" in inspect.signature(cls.set_timesteps).parameters
+
+
+def explicit_spec(name: str, model_config: dict, sigmas: tuple, seed_for_sde: int | None = None) -> ExplicitSigmasSpec:
+    """The recipe for sampling `sigmas` with scheduler `name`; fails naming the schedulers that can."""
+    spec = make_spec(name, model_config, max(len(sigmas) - 1, 1), 1.0, "default", seed_for_sde=seed_for_sde)
+    if not takes_sigma_list(spec.class_name):
+        able = [n for n, i in SCHEDULERS.items() if takes_sigma_list(i.class_name)]
+        what = f"{name!r} ({spec.class_name})"
+        raise SchedulerError(f"scheduler {what} cannot sample a given sigma list (diffusers computes its own sigmas); "
+                             f"schedulers that can: {', '.join(able)}")
+    return ExplicitSigmasSpec(**{f.name: getattr(spec, f.name) for f in fields(SchedulerSpec)},
+                              sigmas=tuple(float(s) for s in sigmas))
+
+
+def training_sigmas(model_config: dict) -> tuple[float, ...]:
+    """The model's sigma for each training timestep 0..T-1, sqrt((1 - alphas_cumprod) / alphas_cumprod), exactly as
+    diffusers' Euler scheduler computes it (float32) to map sigmas to timesteps."""
+    sched = instantiate(make_spec("euler", model_config, 1))
+    ac = sched.alphas_cumprod
+    return tuple(float(s) for s in (((1 - ac) / ac) ** 0.5).numpy())
 
 
 def scheduler_class(class_name: str) -> type:
@@ -116,9 +165,15 @@ def instantiate(spec: SchedulerSpec) -> Any:
 def set_timesteps(spec: SchedulerSpec, device: torch.device) -> tuple[Any, torch.Tensor, int]:
     """A fresh scheduler with its timesteps set; for denoise < 1, only the tail (img2img strength).
 
-    Returns (scheduler, timesteps, t_start) exactly as diffusers' img2img pipeline computes them.
+    Returns (scheduler, timesteps, t_start) exactly as diffusers' img2img pipeline computes them. An explicit
+    sigma list goes to `set_timesteps(sigmas=...)` whole (its parts are cut by the caller's start/end steps).
     """
     sched = instantiate(spec)
+    if isinstance(spec, ExplicitSigmasSpec):
+        sched.set_timesteps(sigmas=list(spec.sigmas), device=device)
+        if hasattr(sched, "set_begin_index"):  # steps by position: clamped timesteps may repeat
+            sched.set_begin_index(0)
+        return sched, sched.timesteps, 0
     sched.set_timesteps(spec.steps, device=device)
     timesteps = sched.timesteps
     t_start = 0

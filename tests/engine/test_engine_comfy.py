@@ -240,7 +240,7 @@ def test_a_bypassed_class_we_cannot_translate_is_spliced_out():
     assert any("node 13 (FancyInvert) is bypassed and has no translation here" in w for w in warnings)
 
 
-def test_litegraph_refuses_subgraphs():
+def test_litegraph_refuses_a_subgraph_without_nodes_and_api_prompts():
     sub = "a1b2c3d4-0000-4000-8000-000000000000"
     lg = {"nodes": [_n(7, sub, (0, 0))], "links": [], "definitions": {"subgraphs": [{"id": sub, "name": "Upscaler"}]}}
     with pytest.raises(ComfyTranslationError, match="node 7: this is the ComfyUI subgraph 'Upscaler'"):
