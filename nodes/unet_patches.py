@@ -1,4 +1,5 @@
-"""UNet patches that change the forward pass or guidance rather than the weights: FreeU, FreeU v2, RescaleCFG.
+"""UNet patches that change the forward pass, guidance or sampling rather than the weights: FreeU, FreeU v2,
+RescaleCFG, ModelSamplingDiscrete.
 
 Like LoRA nodes, these return a new UNet handle with a small description attached; the node that runs the
 model installs it for that call only (nodes/sd/unet_hooks.py), so the cached model is never changed.
@@ -6,7 +7,7 @@ model installs it for that call only (nodes/sd/unet_hooks.py), so the cached mod
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -68,9 +69,42 @@ def rescale_cfg(unet: UNET, multiplier: Annotated[float, Field(0.7, ge=0.0, le=1
     return replace(unet, cfg_rescale=float(multiplier))
 
 
+_PREDICTIONS = {"eps": "epsilon", "v_prediction": "v_prediction", "lcm": "epsilon", "x0": "sample"}
+
+
+@node(category="model_patches/unet", name="ModelSamplingDiscrete", output_name="unet")
+def model_sampling_discrete(unet: UNET, sampling: Literal["eps", "v_prediction", "lcm", "x0"] = "eps",
+                            zsnr: bool = False) -> UNET:
+    """Say what the model predicts (noise, v, or the clean image) and whether its schedule reaches pure noise
+    (zero terminal SNR, Lin et al. 2023), when the checkpoint cannot tell: ComfyUI's ModelSamplingDiscrete.
+
+    zsnr rescales the training betas (diffusers' rescale_betas_zero_snr; the last sigma becomes 4096, as in ComfyUI)
+    and starts sampling at the last timestep ("trailing" spacing), so the first step sees pure noise. `lcm` is an
+    epsilon model whose boundary condition the `lcm` scheduler applies (use it with that scheduler)."""
+    from dataclasses import replace
+
+    prediction = _PREDICTIONS[sampling]
+    config = dict(unet.scheduler_config, prediction_type=prediction)
+    config.pop("rescale_betas_zero_snr", None)
+    if zsnr:
+        config.update(rescale_betas_zero_snr=True, timestep_spacing="trailing")
+    return replace(unet, prediction_type=prediction, scheduler_config=config)
+
+
 # ComfyUI's comfy_extras/nodes_freelunch.py: widgets b1, b2, s1, s2 after the MODEL socket
 _WIDGETS = ("b1", "b2", "s1", "s2")
 register_comfy_class("FreeU", ComfyClass("FreeU", {"model": "unet"}, ["unet"], widgets=_WIDGETS))
 register_comfy_class("FreeU_V2", ComfyClass("FreeUV2", {"model": "unet"}, ["unet"], widgets=_WIDGETS))
 # comfy_extras/nodes_model_advanced.py
+
+
+def _sampling_discrete(inputs: dict) -> dict:
+    if inputs.get("sampling") == "img_to_img":
+        raise ValueError("ModelSamplingDiscrete sampling 'img_to_img' (Lotus-style image-to-image models) is not "
+                         "supported; supported: eps, v_prediction, lcm, x0")
+    return inputs
+
+
 register_comfy_class("RescaleCFG", ComfyClass("RescaleCFG", {"model": "unet"}, ["unet"], widgets=("multiplier",)))
+register_comfy_class("ModelSamplingDiscrete", ComfyClass("ModelSamplingDiscrete", {"model": "unet"}, ["unet"],
+                                                         convert=_sampling_discrete, widgets=("sampling", "zsnr")))

@@ -143,6 +143,10 @@ def make_spec(name: str, model_config: dict, steps: int, denoise: float = 1.0, s
             able = [n for n, i in SCHEDULERS.items() if flag in _config_keys(scheduler_class(i.class_name))]
             raise SchedulerError(f"scheduler {name!r} has no {sigmas} sigmas; schedulers that do: {', '.join(able)}")
         cfg[flag] = True
+    if cfg.get("rescale_betas_zero_snr") and "rescale_betas_zero_snr" not in _config_keys(cls):
+        able = [n for n, i in SCHEDULERS.items() if "rescale_betas_zero_snr" in _config_keys(scheduler_class(i.class_name))]
+        raise SchedulerError(f"scheduler {name!r} cannot sample a zero-terminal-SNR model (ModelSamplingDiscrete zsnr); "
+                             f"schedulers that can: {', '.join(able)}")
     if class_name == "DPMSolverSDEScheduler" and seed_for_sde is not None:
         cfg["noise_sampler_seed"] = seed_for_sde
     return SchedulerSpec(name=name, class_name=class_name, config=tuple(sorted(cfg.items(), key=lambda kv: kv[0])),
