@@ -28,7 +28,8 @@ def empty_latent(width: Dim = 512, height: Dim = 512, batch_size: Annotated[int,
         down, channels, family = vae.downscale, vae.latent_channels, vae.family
     if width % down or height % down:
         raise NodeError(f"width and height must be multiples of {down} for this VAE (got {width}x{height})")
-    return Latent(samples=torch.zeros((batch_size, channels, height // down, width // down)), family=family)
+    return Latent(samples=torch.zeros((batch_size, channels, height // down, width // down)), family=family,
+                  downscale=down)
 
 
 LatentMethod = Literal["nearest-exact", "bilinear", "bicubic", "area"]
@@ -42,14 +43,15 @@ def _upscale(latent, h: int, w: int, method: str):
     mask = latent.noise_mask
     if mask is not None:
         m = mask if mask.ndim == 4 else mask[:, None]
-        mask = F.interpolate(m.float(), size=(h * 8, w * 8), mode="nearest")
+        mask = F.interpolate(m.float(), size=(h * latent.downscale, w * latent.downscale), mode="nearest")
     return replace(latent, samples=samples, noise_mask=mask, inpaint=None)
 
 
 @node(category="latent", output_name="latent")
 def latent_upscale(latent: LATENT, width: Dim = 1024, height: Dim = 1024, method: LatentMethod = "nearest-exact") -> LATENT:
     """Resize latents to an image size (hires fix: upscale, then a second sampling pass at denoise < 1)."""
-    return _upscale(latent, height // 8, width // 8, method)
+    down = latent.downscale
+    return _upscale(latent, max(1, height // down), max(1, width // down), method)
 
 
 @node(category="latent", output_name="latent")
@@ -145,10 +147,11 @@ def latent_composite(latent_to: LATENT, latent_from: LATENT, x: Position = 0, y:
 
     _same_space(latent_to, latent_from, "LatentComposite")
     to, src = latent_to.samples, latent_from.samples
-    x, y, feather = x // 8, y // 8, feather // 8
+    d = latent_to.downscale
+    x, y, feather = x // d, y // d, feather // d
     H, W = to.shape[-2:]
     if x >= W or y >= H:
-        raise NodeError(f"x, y ({x * 8}, {y * 8}) lies outside the {W * 8}x{H * 8} latent")
+        raise NodeError(f"x, y ({x * d}, {y * d}) lies outside the {W * d}x{H * d} latent")
     src = src[..., :H - y, :W - x]
     if src.shape[0] != to.shape[0]:
         src = src.repeat(-(-to.shape[0] // src.shape[0]), 1, 1, 1)[:to.shape[0]]
@@ -217,10 +220,11 @@ def latent_rotate(latent: LATENT, rotation: Rotation = "none") -> LATENT:
 @node(category="latent/transform", output_name="latent")
 def latent_crop(latent: LATENT, width: Dim = 512, height: Dim = 512, x: Position = 0, y: Position = 0) -> LATENT:
     """Cut a rectangle out of latents (pixels, multiples of 8). As ComfyUI's LatentCrop, the origin is moved back so
-    that at least 64 pixels remain, and the size is clipped to the latents."""
+    that at least 8 latent pixels remain, and the size is clipped to the latents."""
     H, W = latent.samples.shape[-2:]
-    x0, y0 = min(x // 8, max(0, W - 8)), min(y // 8, max(0, H - 8))
-    x1, y1 = min(W, x0 + width // 8), min(H, y0 + height // 8)
+    d = latent.downscale
+    x0, y0 = min(x // d, max(0, W - 8)), min(y // d, max(0, H - 8))
+    x1, y1 = min(W, x0 + max(1, width // d)), min(H, y0 + max(1, height // d))
 
     def mask_crop(m):  # the same rectangle, in the mask's own resolution
         mh, mw = m.shape[-2:]
@@ -272,7 +276,7 @@ def save_latent(latent: LATENT, ctx: NodeContext,
         raise NodeError(str(exc)) from None
     folder, stem = target.parent, target.name[: -len(".latent")]
     folder.mkdir(parents=True, exist_ok=True)
-    meta = {"latentloom.family": latent.family or ""}
+    meta = {"latentloom.family": latent.family or "", "latentloom.downscale": str(latent.downscale)}
     if ctx.workflow is not None:
         meta["workflow"] = json.dumps(ctx.workflow)
     if ctx.prompt is not None:
@@ -320,4 +324,5 @@ def load_latent(latent: Annotated[str, Choices(_input_latents)], ctx: NodeContex
         samples = samples * (1.0 / 0.18215)
     if samples.ndim != 4:
         raise NodeError(f"{latent}: expected latents [batch, channels, height, width], got shape {list(samples.shape)}")
-    return Latent(samples=samples, family=meta.get("latentloom.family") or None)
+    down = meta.get("latentloom.downscale", "8")
+    return Latent(samples=samples, family=meta.get("latentloom.family") or None, downscale=int(down) if down.isdigit() else 8)

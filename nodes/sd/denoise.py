@@ -31,7 +31,7 @@ def check_family(what: str, family: str | None, model_family: str, model_what: s
 
 
 def prepare(unet: UNetHandle, latent: Latent, noise: NoiseSpec, spec: SchedulerSpec, devices: Any,
-            vae_scale: int = 8, start_step: int = 0, add_noise: bool = True) -> tuple[SamplerState, torch.Tensor]:
+            start_step: int = 0, add_noise: bool = True) -> tuple[SamplerState, torch.Tensor]:
     """Fresh scheduler + timesteps, and the starting latents, as the diffusers pipelines compute them.
 
     An all-zero latent (EmptyLatent) or an inpainting latent at full denoise starts from pure noise
@@ -63,7 +63,7 @@ def prepare(unet: UNetHandle, latent: Latent, noise: NoiseSpec, spec: SchedulerS
     h, w = samples.shape[-2:]
     state = SamplerState(
         scheduler=sched, timesteps=timesteps, generator=g, spec=spec, device=device, dtype=dtype,
-        step_kwargs=step_kwargs(sched, g, spec.eta), total=len(timesteps), image_size=(h * vae_scale, w * vae_scale),
+        step_kwargs=step_kwargs(sched, g, spec.eta), total=len(timesteps), image_size=(h * latent.downscale, w * latent.downscale),
     )
     inpaint_unet = latent.inpaint is not None and unet.in_channels == samples.shape[1] + latent.inpaint.shape[1]
     if inpaint_unet:

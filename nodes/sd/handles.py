@@ -180,6 +180,7 @@ class Latent:
     family: str | None = None
     noise_mask: torch.Tensor | None = None
     inpaint: torch.Tensor | None = None
+    downscale: int = 8  # image pixels per latent pixel (the VAE's; every SD VAE: 8, loom-shapes: 4)
 
     def with_samples(self, samples: torch.Tensor) -> "Latent":
         return replace(self, samples=samples)
@@ -187,6 +188,7 @@ class Latent:
     def __loom_summary__(self) -> dict[str, Any]:
         s = self.samples
         return {"kind": "latent", "family": family_label(self.family), "shape": list(s.shape),
+                "image_size": [s.shape[-1] * self.downscale, s.shape[-2] * self.downscale],
                 "dtype": str(s.dtype).replace("torch.", ""), "device": str(s.device),
                 "min": float(s.min()), "max": float(s.max()), "mean": float(s.float().mean()),
                 "noise_mask": self.noise_mask is not None, "inpaint": self.inpaint is not None}

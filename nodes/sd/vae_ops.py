@@ -80,7 +80,7 @@ def encode(vae: VAEHandle, image: torch.Tensor, ctx: Any, tiled: bool = False, t
     image = _crop8(image[..., :3], ctx, vae.downscale)
     pixels = image.permute(0, 3, 1, 2) * 2 - 1
     samples = _encode_pixels(vae, pixels, ctx.settings.devices(), tile_size if tiled else None)
-    return Latent(samples=samples, family=vae.family)
+    return Latent(samples=samples, family=vae.family, downscale=vae.downscale)
 
 
 def encode_for_inpaint(vae: VAEHandle, image: torch.Tensor, mask: torch.Tensor, grow: int, ctx: Any) -> Latent:
@@ -99,4 +99,5 @@ def encode_for_inpaint(vae: VAEHandle, image: torch.Tensor, mask: torch.Tensor, 
     m_lat = F.interpolate(m, size=(h // down, w // down))
     if m_lat.shape[0] != masked_latents.shape[0]:
         m_lat = m_lat.repeat(masked_latents.shape[0] // m_lat.shape[0], 1, 1, 1)
-    return Latent(samples=image_latents, family=vae.family, noise_mask=m[:, 0], inpaint=torch.cat([m_lat, masked_latents], dim=1))
+    return Latent(samples=image_latents, family=vae.family, noise_mask=m[:, 0], inpaint=torch.cat([m_lat, masked_latents], dim=1),
+                  downscale=down)
