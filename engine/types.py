@@ -133,6 +133,8 @@ GUIDER = socket_type("GUIDER", "#ffab91", "A model with its conditioning and gui
 NOISE_PRED = socket_type("NOISE_PRED", "#ce93d8", "A model's prediction for one step (epsilon, v or sample).")
 CONTROL_NET = socket_type("CONTROL_NET", "#00bcd4", "A ControlNet model handle.")
 LORA = socket_type("LORA", "#9575cd", "A LoRA patch description.")
+UPSCALE_MODEL = socket_type("UPSCALE_MODEL", "#ba68c8",
+                            "An image upscaling model (ESRGAN, Real-ESRGAN, Real-ESRGAN Compact) and its scale.")
 EMBEDDING = socket_type("EMBEDDING", "#ffcc80", "Textual inversion embeddings.")
 CLIP_MODEL = socket_type("CLIP_MODEL", "#fff176", "A CLIP model for evaluation.")
 METRICS = socket_type("METRICS", "#90a4ae", "Evaluation numbers (per item and summary).")

@@ -193,7 +193,7 @@ def test_every_translated_class_records_its_widgets():
 
     _ensure_tables()
     no_widgets = {"PreviewImage", "ImageInvert", "VAEDecode", "VAEEncode", "SetLatentNoiseMask", "SamplerCustomAdvanced",
-                  "LatentBatch", "ConditioningZeroOut"}
+                  "LatentBatch", "ConditioningZeroOut", "ImageUpscaleWithModel"}
     for name, spec in COMFY_CLASSES.items():
         assert bool(spec.widgets) == (name not in no_widgets), name
         w = spec.widgets
