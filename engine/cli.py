@@ -49,18 +49,21 @@ def apply_sets(workflow: dict, sets: Sequence[str]) -> dict:
     return workflow
 
 
-def load_any_workflow(path: str | Path) -> tuple[dict, dict | None]:
+def load_any_workflow(path: str | Path, registry: Any = None) -> tuple[dict, dict | None]:
     """Read our format, a ComfyUI API-format prompt or a ComfyUI editor (LiteGraph) workflow; returns (our
-    workflow, the ComfyUI prompt or None). What a ComfyUI workflow loses in translation is said on stderr."""
+    workflow, the ComfyUI prompt or None). What a ComfyUI workflow loses in translation is said on stderr.
+
+    `registry` (a callable giving the node registry, called only for ComfyUI files) lets ComfyUI classes that are
+    our own nodes under their own names (ConditioningCombine, ImageFlip, ...) translate, as the server's do."""
     from .workflow import read_json
 
     data = read_json(path)
     from .compat.comfy import is_comfy_prompt, is_litegraph_workflow, litegraph_to_workflow, prompt_to_workflow
 
     if is_comfy_prompt(data):
-        return prompt_to_workflow(data), data
+        return prompt_to_workflow(data, registry() if registry else None), data
     if is_litegraph_workflow(data):
-        workflow, warnings = litegraph_to_workflow(data)
+        workflow, warnings = litegraph_to_workflow(data, registry() if registry else None)
         for warning in warnings:
             print(f"warning: {warning}", file=sys.stderr)
         return workflow, None
@@ -127,7 +130,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = _settings_from(args)
     try:
-        workflow, prompt = load_any_workflow(args.workflow)
+        workflow, prompt = load_any_workflow(args.workflow, _registry)
         apply_sets(workflow, args.set or [])
         check_envelope(workflow)  # a wrong file is told at once, before the node families are imported
     except (WorkflowError, UsageError) as exc:
@@ -197,7 +200,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     settings = _settings_from(args)
     try:
-        workflow, _ = load_any_workflow(args.workflow)
+        workflow, _ = load_any_workflow(args.workflow, _registry)
         check_envelope(workflow)
     except (WorkflowError, ValueError) as exc:
         return _fail_invalid(args, str(exc))

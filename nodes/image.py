@@ -247,10 +247,18 @@ def image_composite(
     x: Annotated[int, Field(0, ge=-MAX_SIZE, le=MAX_SIZE)] = 0,
     y: Annotated[int, Field(0, ge=-MAX_SIZE, le=MAX_SIZE)] = 0,
     mask: MASK | None = None,
+    resize_source: bool = False,
 ) -> IMAGE:
-    """Paste `source` onto `destination` at (x, y), optionally through a mask (1 = take the source)."""
+    """Paste `source` onto `destination` at (x, y), optionally through a mask (1 = take the source, resized to the
+    source bilinearly); `resize_source` first scales the source to the destination's size (ComfyUI's
+    ImageCompositeMasked)."""
+    import torch.nn.functional as F
+
     from nodes.impl.transform import composite
 
+    if resize_source and source.shape[1:3] != destination.shape[1:3]:
+        source = F.interpolate(source.movedim(-1, 1), size=destination.shape[1:3], mode="bilinear",
+                               align_corners=False).movedim(1, -1)
     return composite(destination, source, x, y, mask)
 
 

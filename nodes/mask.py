@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from engine.compat.comfy import UPLOAD, ComfyClass, register_comfy_class
-from engine.node import Choices, NodeContext, NodeError, Widget, node
+from engine.node import Choices, NodeContext, NodeError, Outputs, Widget, node
 from engine.types import IMAGE, MASK
 from nodes.image import MAX_SIZE, _input_fingerprint, _input_images, read_input_image
 
@@ -184,6 +184,40 @@ def grow_mask(mask: MASK,
 def threshold_mask(mask: MASK, value: Annotated[float, Field(0.5, ge=0.0, le=1.0), Widget(step=0.01)] = 0.5) -> MASK:
     """1 where the mask is above `value`, 0 elsewhere: a hard mask from a soft one."""
     return (_masks(mask) > value).float()
+
+
+class ImageAndAlpha(Outputs):
+    image: IMAGE
+    mask: MASK
+
+
+@node(category="mask/compositing")
+def split_image_with_alpha(image: IMAGE) -> ImageAndAlpha:
+    """An RGBA image as its RGB and a MASK of 1 - alpha (transparent = 1); without alpha, a zero mask
+    (ComfyUI's SplitImageWithAlpha)."""
+    import torch
+
+    image = _images(image)
+    if image.shape[-1] > 3:
+        mask = 1.0 - image[..., 3]
+    else:
+        mask = torch.zeros(image.shape[:3], dtype=image.dtype)
+    return ImageAndAlpha(image=image[..., :3].contiguous(), mask=mask.contiguous())
+
+
+@node(category="mask/compositing", output_name="image")
+def join_image_with_alpha(image: IMAGE, alpha: MASK) -> IMAGE:
+    """An RGB image with an alpha channel of 1 - mask (so a MASK's 1 becomes transparent), resized to the image
+    (bilinear) when the sizes differ; SaveImage writes it as an RGBA PNG (ComfyUI's JoinImageWithAlpha)."""
+    import torch
+    import torch.nn.functional as F
+
+    image, alpha = _images(image), _masks(alpha, "alpha")
+    if alpha.shape[-2:] != image.shape[1:3]:
+        alpha = F.interpolate(alpha[:, None], size=image.shape[1:3], mode="bilinear", align_corners=False)[:, 0]
+    b = max(image.shape[0], alpha.shape[0])
+    rgb = image[..., :3].expand(b, -1, -1, -1)
+    return torch.cat([rgb, (1.0 - alpha).to(image.dtype).expand(b, -1, -1)[..., None]], dim=-1)
 
 
 # ComfyUI's widget order (what its editor saves in `widgets_values`), from comfy_extras/nodes_mask.py and nodes.py

@@ -1,4 +1,4 @@
-"""VAE nodes: latents <-> pixels, tiled decoding, and the encode for inpainting."""
+"""VAE nodes: latents <-> pixels, tiled decoding, and the encodes for inpainting."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ from typing import Annotated
 
 from pydantic import Field
 
-from engine.node import NodeContext, node
-from engine.types import IMAGE, LATENT, MASK, VAE
+from engine.compat.comfy import ComfyClass, register_comfy_class
+from engine.node import NodeContext, Outputs, node
+from engine.types import CONDITIONING, IMAGE, LATENT, MASK, VAE
 
 
 # ComfyUI's VAE Decode/Encode (Tiled) range (64..4096 in steps of 32). Tiles overlap by a quarter (diffusers' tiling).
@@ -43,3 +44,30 @@ def vae_encode_for_inpaint(vae: VAE, image: IMAGE, mask: MASK, ctx: NodeContext,
     from nodes.sd.vae_ops import encode_for_inpaint
 
     return encode_for_inpaint(vae, image, mask, grow_mask_by, ctx)
+
+
+class InpaintConditioning(Outputs):
+    positive: CONDITIONING
+    negative: CONDITIONING
+    latent: LATENT
+
+
+@node(category="vae", name="InpaintModelConditioning")
+def inpaint_model_conditioning(positive: CONDITIONING, negative: CONDITIONING, vae: VAE, image: IMAGE, mask: MASK,
+                               ctx: NodeContext, noise_mask: bool = True) -> InpaintConditioning:
+    """Prepare inpainting for any UNet (ComfyUI's InpaintModelConditioning): the latent of the whole image, the
+    [mask, masked image] latents a 9-channel inpainting UNet reads, and (noise_mask on) the noise mask that makes a
+    regular UNet repaint only the masked area. The conditionings pass through unchanged."""
+    from dataclasses import replace
+
+    from nodes.sd.vae_ops import encode_for_inpaint
+
+    latent = encode_for_inpaint(vae, image, mask, 0, ctx)
+    if not noise_mask:
+        latent = replace(latent, noise_mask=None)
+    return InpaintConditioning(positive=positive, negative=negative, latent=latent)
+
+
+# ComfyUI's nodes.py (InpaintModelConditioning): `pixels` is our `image`; its one widget is noise_mask
+register_comfy_class("InpaintModelConditioning", ComfyClass("InpaintModelConditioning", {"pixels": "image"},
+                                                            ["positive", "negative", "latent"], widgets=("noise_mask",)))

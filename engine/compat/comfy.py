@@ -69,7 +69,7 @@ def _ensure_tables() -> None:
     if not COMFY_CLASSES or "CheckpointLoaderSimple" not in COMFY_CLASSES or "LoraLoader" not in COMFY_CLASSES:
         import importlib
 
-        for mod in ("nodes.image", "nodes.mask", "nodes.unet_patches", "nodes.upscale", "nodes.comfy_compat",
+        for mod in ("nodes.image", "nodes.mask", "nodes.vae", "nodes.unet_patches", "nodes.upscale", "nodes.comfy_compat",
                     "nodes.comfy_compat_control"):
             try:
                 importlib.import_module(mod)
@@ -200,6 +200,7 @@ register_comfy_class("ImageScale", ComfyClass("ImageResize", inputs={"image": "i
 register_comfy_class("ImageScaleBy", ComfyClass("ImageScaleBy", inputs={"scale_by": "scale"}, outputs=["image"], convert=_image_scale,
                                                 widgets=("upscale_method", "scale_by")))
 register_comfy_class("ImageInvert", ComfyClass("ImageInvert", outputs=["image"]))
+register_comfy_class("ImageCompositeMasked", ComfyClass("ImageComposite", outputs=["image"], widgets=("x", "y", "resize_source")))
 register_comfy_class("ImageBlend", ComfyClass("ImageBlend", outputs=["image"], widgets=("blend_factor", "blend_mode")))
 register_comfy_class("ImageScaleToTotalPixels", ComfyClass("ImageScaleToTotalPixels", outputs=["image"], convert=_image_scale,
                                                            widgets=("upscale_method", "megapixels")))

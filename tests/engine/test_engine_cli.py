@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -249,6 +250,25 @@ def test_comfyui_api_prompt_runs_through_the_script(dirs):
     embedded = json.loads(img.text["prompt"])
     assert embedded == prompt  # the ComfyUI prompt is kept as ComfyUI wrote it
     assert json.loads(img.text["workflow"])["nodes"]["2"]["type"] == "ImageResize"
+
+
+def test_comfyui_prompt_with_our_own_node_names_runs(dirs, capsys):
+    """ComfyUI classes that are our nodes under their own names (ImageFlip, SplitImageWithAlpha) translate in
+    `loom run` as they do on the server (they need the node registry, not only the translation table)."""
+    prompt = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "example.png", "upload": "image"}},
+        "2": {"class_type": "ImageFlip", "inputs": {"image": ["1", 0], "flip_method": "y-axis: horizontally"}},
+        "3": {"class_type": "SplitImageWithAlpha", "inputs": {"image": ["2", 0]}},
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "own"}},
+    }
+    path = write(dirs["tmp"], prompt, "prompt.json")
+    code, out, err = run_cli(capsys, "run", path, "--out", str(dirs["out"]), "--input-dir", str(dirs["in"]), "--json")
+    assert code == 0, err
+    (png,) = json.loads(out)["outputs"]["4"]
+    source = np.asarray(Image.open(EXAMPLE).convert("RGB"))
+    assert np.array_equal(np.asarray(Image.open(png).convert("RGB")), source[:, ::-1])
+    code, out, err = run_cli(capsys, "validate", path, "--json")
+    assert code == 0 and json.loads(out)["valid"] is True
 
 
 def test_comfyui_editor_workflow_runs_through_the_script(dirs):
