@@ -209,15 +209,6 @@ class ControlHint:
     strength: float = 1.0
     start: float = 0.0
     end: float = 1.0
-    # ConditioningSetMask: where (mask [B|1, H, W] in pixels, 0..1) and how strongly this prompt counts when
-    # combined prompts' predictions are mixed
-    mask: torch.Tensor | None = None
-    mask_bounds: bool = False  # ComfyUI's set_cond_area "mask bounds": the model sees the box around the mask only
-    strength: float = 1.0
-    # ConditioningSetArea: (x, y, width, height) in pixels; the model sees only that part of the latents
-    area: tuple[int, int, int, int] | None = None
-    # ConditioningSetAreaPercentage: the same as fractions of the image (at most one of the two is set)
-    area_fraction: tuple[float, float, float, float] | None = None
 
 
 @dataclass(frozen=True, eq=False)
