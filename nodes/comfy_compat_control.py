@@ -1,13 +1,19 @@
 """ComfyUI class types for LoRA, ControlNet and Canny -> our nodes (see nodes/comfy_compat.py).
 
 Differences worth knowing: ComfyUI's Canny takes thresholds in 0..1 (on its own gradient scale); they become
-OpenCV's 0..255 thresholds here. ControlNetApplyAdvanced's start/end percent are read as fractions of the steps
-(diffusers' control_guidance_start/end), and its optional `vae` input is not needed.
+OpenCV's 0..255 thresholds here. ControlNetApplyAdvanced's start/end percent are ComfyUI's percentages of the noise
+levels (`percent_of="noise levels"`; our own node defaults to diffusers' fractions of the steps), and its optional
+`vae` input is not needed.
 """
 
 from __future__ import annotations
 
 from engine.compat.comfy import ComfyClass, register_comfy_class
+
+
+def _advanced(inputs: dict) -> dict:
+    inputs.setdefault("percent_of", "noise levels")
+    return inputs
 
 
 def _canny(inputs: dict) -> dict:
@@ -29,7 +35,7 @@ TABLE = {
     "ControlNetLoader": ComfyClass("LoadControlNet", {"control_net_name": "name"}, ["control_net"], widgets=("control_net_name",)),
     "ControlNetApply": ComfyClass("ApplyControlNet", {}, ["conditioning"], widgets=("strength",)),
     "ControlNetApplyAdvanced": ComfyClass("ApplyControlNetAdvanced", {"vae": None}, ["positive", "negative"],
-                                          widgets=("strength", "start_percent", "end_percent")),
+                                          convert=_advanced, widgets=("strength", "start_percent", "end_percent")),
     "Canny": ComfyClass("Canny", {}, ["image"], convert=_canny, widgets=("low_threshold", "high_threshold")),
 }
 

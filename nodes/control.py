@@ -46,12 +46,13 @@ def load_control_net(name: Annotated[str, Choices(_controlnets)], ctx: NodeConte
         raise NodeError(str(exc)) from None
 
 
-def _hint(cn, image, strength: float, start: float, end: float, resize: str):
+def _hint(cn, image, strength: float, start: float, end: float, resize: str, by_noise_level: bool = False):
     from nodes.sd.controlnet import Hint
 
     if image.ndim != 4:
         raise NodeError(f"the control image must be an IMAGE batch [B,H,W,C], got shape {list(image.shape)}")
-    return Hint(controlnet=cn, image=image, strength=float(strength), start=float(start), end=float(end), resize=resize)
+    return Hint(controlnet=cn, image=image, strength=float(strength), start=float(start), end=float(end), resize=resize,
+                by_noise_level=by_noise_level)
 
 
 @node(category="conditioning/control", output_name="conditioning")
@@ -81,14 +82,17 @@ class ControlledConditioning(Outputs):
 @node(category="conditioning/control")
 def apply_control_net_advanced(positive: CONDITIONING, negative: CONDITIONING, control_net: CONTROL_NET, image: IMAGE,
                                strength: ControlStrength = 1.0, start_percent: Percent = 0.0,
-                               end_percent: Percent = 1.0, resize: Resize = "crop") -> ControlledConditioning:
+                               end_percent: Percent = 1.0, resize: Resize = "crop",
+                               percent_of: Annotated[Literal["steps", "noise levels"], Widget(advanced=True)] = "steps",
+                               ) -> ControlledConditioning:
     """Apply a ControlNet to both sides of guidance (as diffusers' ControlNet pipeline does), only between
-    start_percent and end_percent of the steps. Chain several to stack ControlNets."""
+    start_percent and end_percent of the steps (diffusers' control_guidance_start/end) or, with `percent_of`
+    "noise levels", of the model's noise levels as ComfyUI counts them. Chain several to stack ControlNets."""
     from nodes.sd.controlnet import check_conditioning
 
     check_conditioning(control_net, positive, "positive conditioning")
     check_conditioning(control_net, negative, "negative conditioning")
-    hint = _hint(control_net, image, strength, start_percent, end_percent, resize)
+    hint = _hint(control_net, image, strength, start_percent, end_percent, resize, percent_of == "noise levels")
     return ControlledConditioning(positive=_with_hint(positive, hint), negative=_with_hint(negative, hint))
 
 

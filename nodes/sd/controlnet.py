@@ -376,8 +376,14 @@ def prepared_image(hint: ControlHint, height: int, width: int, batch: int, devic
 # ------------------------------------------------------------------------------------------------ residuals
 
 
-def keep_factor(hint: ControlHint, step: int, total: int) -> float:
-    """diffusers' controlnet_keep: 0 outside [start, end] of the steps, else 1."""
+def keep_factor(hint: ControlHint, step: int, total: int, state: Any = None) -> float:
+    """0 outside the hint's [start, end], else 1: of the steps (diffusers' controlnet_keep), or with
+    `by_noise_level` of the noise levels at this step's timestep (ComfyUI's rule, needs the sampler `state`)."""
+    if hint.by_noise_level and state is not None and step < len(state.timesteps):
+        from .denoise import in_noise_range
+
+        trained = int(getattr(state.scheduler.config, "num_train_timesteps", 1000) or 1000)
+        return float(in_noise_range(hint.start, hint.end, state.timesteps[step], trained))
     if total <= 0:
         return 1.0
     return 1.0 - float(step / total < hint.start or (step + 1) / total > hint.end)
@@ -385,7 +391,8 @@ def keep_factor(hint: ControlHint, step: int, total: int) -> float:
 
 def _same(a: ControlHint, b: ControlHint) -> bool:
     return a is b or (a.controlnet is b.controlnet and a.image is b.image and a.strength == b.strength
-                      and a.start == b.start and a.end == b.end and getattr(a, "resize", None) == getattr(b, "resize", None))
+                      and a.start == b.start and a.end == b.end and a.by_noise_level == b.by_noise_level
+                      and getattr(a, "resize", None) == getattr(b, "resize", None))
 
 
 def plan_hints(positive: Conditioning, negative: Conditioning | None) -> list[tuple[ControlHint, str]]:
@@ -407,7 +414,7 @@ def residuals_for_step(positive: Conditioning, negative: Conditioning | None, st
                        devices: Any) -> Callable | None:
     """A function (model_in, t, embeds, added_cond_kwargs, use_cfg) -> (down residuals, mid residual)."""
     total = int(getattr(state, "total", 0) or len(state.timesteps))
-    active = [(h, side, keep_factor(h, step, total)) for h, side in plan_hints(positive, negative)]
+    active = [(h, side, keep_factor(h, step, total, state)) for h, side in plan_hints(positive, negative)]
     active = [(h, side, k) for h, side, k in active if k != 0.0 and h.strength != 0.0]
     if not active:
         return None

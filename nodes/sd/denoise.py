@@ -246,17 +246,20 @@ def _weight(c: Conditioning, like: torch.Tensor) -> torch.Tensor:
     return _mask_at(c, like) * float(c.strength)
 
 
-def active_at(c: Conditioning, t: torch.Tensor, num_train_timesteps: int = 1000) -> bool:
-    """Whether a prompt limited to [start, end] (ConditioningSetTimestepRange) takes part at timestep `t`.
-
-    ComfyUI's rule: percentages of the model's noise levels, not of the steps. Start p means timestep (1 - p) x 999
-    (ComfyUI compares the equivalent sigmas, which rise with t), so a prompt is active while
-    (1 - end) x 999 <= t <= (1 - start) x 999; start 0 and end 1 are open ends."""
-    if c.start <= 0.0 and c.end >= 1.0:
+def in_noise_range(start: float, end: float, t: Any, num_train_timesteps: int = 1000) -> bool:
+    """ComfyUI's rule for start/end percentages: fractions of the model's noise levels, not of the steps. Start p
+    means timestep (1 - p) x 999 (ComfyUI compares the equivalent sigmas, which rise with t), so the range holds
+    while (1 - end) x 999 <= t <= (1 - start) x 999; start 0 and end 1 are open ends."""
+    if start <= 0.0 and end >= 1.0:
         return True
     top = float(num_train_timesteps - 1)
     tv = float(t)
-    return (c.start <= 0.0 or tv <= (1.0 - c.start) * top + 1e-4) and (c.end >= 1.0 or tv >= (1.0 - c.end) * top - 1e-4)
+    return (start <= 0.0 or tv <= (1.0 - start) * top + 1e-4) and (end >= 1.0 or tv >= (1.0 - end) * top - 1e-4)
+
+
+def active_at(c: Conditioning, t: torch.Tensor, num_train_timesteps: int = 1000) -> bool:
+    """Whether a prompt limited to [start, end] (ConditioningSetTimestepRange) takes part at timestep `t`."""
+    return in_noise_range(c.start, c.end, t, num_train_timesteps)
 
 
 def _predict_parts(unet: UNetHandle, latents: torch.Tensor, t: torch.Tensor, positive: Conditioning,

@@ -249,7 +249,7 @@ def fused_controls(positive: Any, neg: Any, state: Any, x: torch.Tensor, embeds_
         hints.append(torch.cat([image] * 2) if use_cfg and side == "both" else image)
         parts.append((side, int(cn.in_channels)))
         handles.append(cn)
-        strengths.append([float(hint.strength) * keep_factor(hint, i, total) for i in range(n)])
+        strengths.append([float(hint.strength) * keep_factor(hint, i, total, state) for i in range(n)])
     table = torch.tensor(strengths, dtype=torch.float32).T.contiguous()
     return FusedControls(tuple(parts), handles, tuple(hints), table), ""
 

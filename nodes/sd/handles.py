@@ -209,6 +209,7 @@ class ControlHint:
     strength: float = 1.0
     start: float = 0.0
     end: float = 1.0
+    by_noise_level: bool = False  # start/end as ComfyUI's percentages of the noise levels, else of the steps (diffusers)
 
 
 @dataclass(frozen=True, eq=False)

@@ -301,6 +301,38 @@ def test_shipped_workflows_run_with_tiny_models(cn_dir, tmp_path, name):
     assert any(ui.images for ui in result.ui.values())
 
 
+@pytest.mark.parametrize("fast", [False, True])
+def test_percent_of_noise_levels_is_comfyuis_window(cn_dir, tmp_path, monkeypatch, fast):
+    """ComfyUI's end_percent 0.5 ends the ControlNet at timestep 499.5: with Karras sigmas these 6 steps pass it after
+    the 2nd step, so it equals a step window of 2/6, not 3/6 (diffusers' reading of 0.5). The fused fast-mode step
+    switches it at the same step."""
+    from nodes.sd.loading import load_checkpoint
+    from nodes.sd.schedulers import make_spec, set_timesteps
+
+    monkeypatch.setenv("LOOM_FAST_BACKEND", "aot_eager_decomp_partition")
+    cfg = load_checkpoint(cn_dir / "checkpoints" / "tiny-sd15").scheduler_config
+    _, timesteps, _ = set_timesteps(make_spec("euler", cfg, 6, sigmas="karras"), torch.device("cpu"))
+    k = int((timesteps >= 499.5).sum())
+    assert k == 2, timesteps
+    ex = _ex(cn_dir, tmp_path)
+    ex.settings.user_dir = tmp_path / "user"
+
+    def run(end: float, percent_of: str | None = None) -> torch.Tensor:
+        nodes = _with_controls(txt2img_nodes("tiny-sd15", steps=6), [{"name": "tiny-cn-a", "end": end}])
+        nodes["sample"]["inputs"]["sigmas"] = "karras"
+        if percent_of:
+            nodes["apply0"]["inputs"]["percent_of"] = percent_of
+        return output_of(ex, ex.run(wf(nodes), targets=["sample"]), "sample", "latent").samples
+
+    ex.settings.fast = fast
+    try:
+        comfy = run(0.5, "noise levels")
+        assert torch.allclose(comfy, run(k / 6), atol=1e-5)
+        assert (comfy - run(0.5)).abs().max() > 1e-3
+    finally:
+        ex.settings.fast = False
+
+
 def test_comfy_prompt_with_lora_and_controlnet_equals_native(cn_dir, tmp_path):
     """A ComfyUI API prompt (LoraLoader, ControlNetLoader, Canny, ControlNetApplyAdvanced, ControlNetApply) runs
     and gives the same picture as the native workflow it translates to."""
@@ -347,6 +379,7 @@ def test_comfy_prompt_with_lora_and_controlnet_equals_native(cn_dir, tmp_path):
     }
     translated = prompt_to_workflow(prompt)
     assert translated["nodes"]["6"]["inputs"]["low_threshold"] == 51 and "vae" not in translated["nodes"]["8"]["inputs"]
+    assert translated["nodes"]["8"]["inputs"]["percent_of"] == "noise levels"  # ComfyUI's percentages
     got = ex.run(translated)
     assert got.status == "success", got.error
     native = {
@@ -360,7 +393,8 @@ def test_comfy_prompt_with_lora_and_controlnet_equals_native(cn_dir, tmp_path):
         "cna": {"type": "LoadControlNet", "inputs": {"name": "tiny-cn-a"}},
         "adv": {"type": "ApplyControlNetAdvanced", "inputs": {"positive": L("pos", "conditioning"), "negative": L("neg", "conditioning"),
                                                               "control_net": L("cna", "control_net"), "image": L("edges", "image"),
-                                                              "strength": 0.9, "end_percent": 0.5}},
+                                                              "strength": 0.9, "end_percent": 0.5,
+                                                              "percent_of": "noise levels"}},
         "cnb": {"type": "LoadControlNet", "inputs": {"name": "tiny-cn-b"}},
         "one": {"type": "ApplyControlNet", "inputs": {"conditioning": L("adv", "positive"), "control_net": L("cnb", "control_net"),
                                                       "image": L("edges", "image"), "strength": 0.5}},
