@@ -56,6 +56,7 @@ _ROLE_RES = [
     (re.compile(r"^(.+)\.alpha$"), "alpha"),
     (re.compile(r"^(.+)\.lora_A(?:\.[\w-]+)?\.weight$"), "down"),
     (re.compile(r"^(.+)\.lora_B(?:\.[\w-]+)?\.weight$"), "up"),
+    (re.compile(r"^(.+)\.lora_B(?:\.[\w-]+)?\.bias$"), "lora_bias"),  # peft's lora_bias: scaled like the weight
     (re.compile(r"^(.+)\.lora_linear_layer\.down\.weight$"), "down"),
     (re.compile(r"^(.+)\.lora_linear_layer\.up\.weight$"), "up"),
     (re.compile(r"^(.+)\.lora\.down\.weight$"), "down"),
@@ -65,11 +66,10 @@ _ROLE_RES = [
 ]
 # LyCORIS parts: key suffix -> part name (the base is what precedes the suffix)
 _LYCORIS_RE = re.compile(r"^(.+)\.(hada_w1_a|hada_w1_b|hada_w2_a|hada_w2_b|hada_t1|hada_t2|lokr_w1|lokr_w1_a|lokr_w1_b|"
-                         r"lokr_w2|lokr_w2_a|lokr_w2_b|lokr_t2|diff|lora_mid|dora_scale|lora_magnitude_vector)"
+                         r"lokr_w2|lokr_w2_a|lokr_w2_b|lokr_t2|diff|diff_b|lora_mid|dora_scale|lora_magnitude_vector)"
                          r"(?:\.weight)?$")
 _UNSUPPORTED = {  # key fragment -> what it is
-    ".diff_b": "bias difference", "lora_B.bias": "LoRA bias", ".bias_indices": "bias difference",
-    ".bias_values": "bias difference",
+    ".bias_indices": "sparse bias difference", ".bias_values": "sparse bias difference",
 }
 _LOHA = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
 
@@ -77,7 +77,9 @@ _LOHA = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
 @dataclass(frozen=True, eq=False)
 class LoraLayer:
     """One module's weights as stored in the file (tensors on the CPU, file dtype): a low-rank pair (`kind`
-    "lora", with LoCon's Tucker core in `parts["lora_mid"]`), or LyCORIS' LoHa / LoKr / full-difference parts."""
+    "lora", with LoCon's Tucker core in `parts["lora_mid"]`), or LyCORIS' LoHa / LoKr / full-difference parts;
+    `parts["bias"]` is a bias difference added as is (LyCORIS' `.diff_b`; kind "bias" when alone), `parts["lora_bias"]`
+    peft's lora_B bias (scaled by alpha / rank, as peft scales the pair's output)."""
 
     key: str  # the base key in the file, for messages
     down: torch.Tensor | None  # [rank, in] or [rank, in, kh, kw] ("lora" only)
@@ -147,6 +149,8 @@ def parse_lora(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None
         m = _LYCORIS_RE.match(key)
         if m:
             part = m.group(2)
+            if part == "diff_b":
+                part = "bias"
             if part in ("dora_scale", "lora_magnitude_vector"):
                 # peft's magnitude is per output channel whatever its shape ([out] or [1, out, 1, 1]); kohya's
                 # dora_scale says its axis by its shape ([out, 1, ...], or [1, in, ...] for LyCORIS' wd_on_out=False)
@@ -166,9 +170,11 @@ def parse_lora(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None
         extra = lycoris.pop(base, {})
         alpha = float(p["alpha"].item()) if "alpha" in p else None
         if "down" in p and "up" in p:
-            own = {k: extra.pop(k) for k in ("lora_mid", "dora") if k in extra}
+            own = {k: extra.pop(k) for k in ("lora_mid", "dora", "bias") if k in extra}  # a .diff_b beside a LoRA
+            if "lora_bias" in p:
+                own["lora_bias"] = p["lora_bias"]
             layers[base] = LoraLayer(key=base, down=p["down"], up=p["up"], alpha=alpha, parts=own)
-        elif "down" in p or "up" in p:
+        elif "down" in p or "up" in p or "lora_bias" in p:
             orphans.append(base)
         if extra:
             lycoris[base] = {**extra, "alpha": p["alpha"]} if "alpha" in p else extra
@@ -207,8 +213,10 @@ def _lycoris_layer(base: str, p: dict[str, torch.Tensor], alpha: float | None) -
         if not (w1 and w2):
             return None
         return LoraLayer(key=base, down=None, up=None, alpha=alpha, kind="lokr", parts=p)
-    if set(p) == {"diff"}:
+    if "diff" in p and set(p) <= {"diff", "bias"}:
         return LoraLayer(key=base, down=None, up=None, alpha=None, kind="full", parts=p)
+    if set(p) == {"bias"}:
+        return LoraLayer(key=base, down=None, up=None, alpha=None, kind="bias", parts=p)
     return None
 
 
@@ -341,7 +349,7 @@ def _pattern_value(patterns: dict[str, Any], names: Iterable[str]) -> Any:
 def layer_scale(layer: LoraLayer, target: str, module_name: str, meta: dict[str, Any]) -> float:
     """alpha / rank for one module, as peft computes `scaling` (rsLoRA: alpha / sqrt(rank)); LyCORIS' rules for
     its kinds."""
-    if layer.kind == "full":
+    if layer.kind in ("full", "bias"):
         return 1.0
     if layer.kind == "lokr":
         return layer.alpha / layer.rank if layer.alpha is not None and layer.rank else 1.0
@@ -386,6 +394,8 @@ class Resolution:
 
 
 def _expected_shape(layer: LoraLayer) -> tuple[int, ...]:
+    if layer.kind == "bias":
+        return tuple(layer.parts["bias"].shape)
     if layer.kind != "lora":
         return tuple(_lycoris_delta(layer, 1.0, torch.device("meta")).shape)
     out, inp = int(layer.up.shape[0]), int(layer.down.shape[1])  # type: ignore[union-attr]
@@ -393,7 +403,19 @@ def _expected_shape(layer: LoraLayer) -> tuple[int, ...]:
     return (out, inp, *(mid.shape[2:] if mid is not None else layer.down.shape[2:]))  # type: ignore[union-attr]
 
 
+def _bias_parts(layer: LoraLayer) -> list[tuple[torch.Tensor, bool]]:
+    """(bias difference, scaled by the LoRA's alpha / rank?) pairs of a layer."""
+    return [(layer.parts[k], k == "lora_bias") for k in ("bias", "lora_bias") if k in layer.parts]
+
+
+def _bias_fits(layer: LoraLayer, module: torch.nn.Module) -> bool:
+    bias = getattr(module, "bias", None)
+    return all(bias is not None and d.numel() == bias.numel() for d, _ in _bias_parts(layer))
+
+
 def _shape_fits(layer: LoraLayer, weight: torch.Tensor) -> bool:
+    if layer.kind == "bias":
+        return True
     if layer.kind != "lora":  # LyCORIS deltas come out flat or 4-D: the same numbers in the weight's shape
         try:
             exp = _expected_shape(layer)
@@ -431,9 +453,14 @@ def resolve(lora: LoraFile, models: dict[str, torch.nn.Module]) -> Resolution:
         if module_name is None:
             res.unmatched.append(base)
             continue
-        weight = model.get_submodule(module_name).weight
+        module = model.get_submodule(module_name)
+        weight = module.weight
         if not _shape_fits(layer, weight):
             res.mismatched.append(f"{base} {list(_expected_shape(layer))} vs {module_name} {list(weight.shape)}")
+            continue
+        if not _bias_fits(layer, module):
+            have = list(module.bias.shape) if getattr(module, "bias", None) is not None else "no bias"
+            res.mismatched.append(f"{base} bias {[list(d.shape) for d, _ in _bias_parts(layer)]} vs {module_name} {have}")
             continue
         parts.setdefault(target, []).append(ResolvedLayer(module_name, layer, layer_scale(layer, target, module_name, lora.metadata)))
     res.parts = {t: tuple(v) for t, v in parts.items()}
@@ -537,13 +564,23 @@ def delta_weight(weight: torch.Tensor, layer: LoraLayer, scale: float) -> torch.
 
 @dataclass(eq=False)
 class _Applied:
-    """Patched Parameters for one (model, target, patches), reused while the originals are untouched."""
+    """Patched Parameters for one (model, target, patches), reused while the originals are untouched; a slot is
+    (module, "weight" or "bias")."""
 
     patches: tuple
-    modules: list[torch.nn.Module]
+    slots: list[tuple[torch.nn.Module, str]]
     originals: list[torch.nn.Parameter]
     patched: list[torch.nn.Parameter]
     stamps: list[tuple[int, int]]
+
+    def add(self, module: torch.nn.Module, name: str, new: torch.Tensor) -> None:
+        original = module._parameters[name]
+        out = torch.empty_like(original, requires_grad=False)  # the original's layout (a transposed delta must not leak in)
+        out.copy_(new)
+        self.slots.append((module, name))
+        self.originals.append(original)
+        self.patched.append(torch.nn.Parameter(out, requires_grad=False))
+        self.stamps.append(_stamp(original))
 
 
 def _stamp(p: torch.Tensor) -> tuple[int, int]:
@@ -562,10 +599,20 @@ def _compute(model: torch.nn.Module, patches: tuple, target: str) -> _Applied:
     for patch in patches:
         for r in getattr(patch, "parts", {}).get(target, ()):
             by_module.setdefault(r.module, []).append((r, float(patch.strength)))
-    entry = _Applied(patches=patches, modules=[], originals=[], patched=[], stamps=[])
+    entry = _Applied(patches=patches, slots=[], originals=[], patched=[], stamps=[])
     with torch.no_grad():
         for name, entries in by_module.items():
             module = model.get_submodule(name)
+            biases = [(d, (r.scale if scaled else 1.0) * s) for r, s in entries for d, scaled in _bias_parts(r.layer)]
+            if biases:  # peft scales a LoRA's bias like its weight; LyCORIS' diff_b is added at the strength
+                b = module._parameters["bias"]
+                new_b = b.detach().float()
+                for d, scale in biases:
+                    new_b = new_b + d.to(device=b.device, dtype=torch.float32).reshape(b.shape) * scale
+                entry.add(module, "bias", new_b)
+            entries = [(r, s) for r, s in entries if r.layer.kind != "bias"]
+            if not entries:
+                continue
             w = module._parameters["weight"]
             new = w.detach() if w.dtype == torch.float32 else w.detach().float()
             for r, strength in entries:
@@ -578,20 +625,15 @@ def _compute(model: torch.nn.Module, patches: tuple, target: str) -> _Applied:
                 if strength != 1:
                     scale *= strength  # peft's scale_layer(lora_scale), as diffusers' fuse_lora does
                 new = new + delta_weight(w, r.layer, scale)
-            out = torch.empty_like(w, requires_grad=False)  # the original's layout (a transposed delta must not leak in)
-            out.copy_(new)
-            entry.modules.append(module)
-            entry.originals.append(w)
-            entry.patched.append(torch.nn.Parameter(out, requires_grad=False))
-            entry.stamps.append(_stamp(w))
+            entry.add(module, "weight", new)
     return entry
 
 
 def _valid(entry: _Applied, patches: tuple) -> bool:
     if len(entry.patches) != len(patches) or any(a is not b for a, b in zip(entry.patches, patches)):
         return False
-    for module, orig, stamp in zip(entry.modules, entry.originals, entry.stamps):
-        if module._parameters["weight"] is not orig or _stamp(orig) != stamp:
+    for (module, name), orig, stamp in zip(entry.slots, entry.originals, entry.stamps):
+        if module._parameters[name] is not orig or _stamp(orig) != stamp:
             return False
     return True
 
@@ -624,12 +666,12 @@ def apply_patches(model: torch.nn.Module, patches: tuple, target: str) -> Callab
                 _applied_cache.popitem(last=False)
         else:
             _applied_cache.move_to_end(key)
-        for module, p in zip(entry.modules, entry.patched):
-            module._parameters["weight"] = p
+        for (module, name), p in zip(entry.slots, entry.patched):
+            module._parameters[name] = p
 
     def restore() -> None:
-        for module, orig in zip(entry.modules, entry.originals):
-            module._parameters["weight"] = orig
+        for (module, name), orig in zip(entry.slots, entry.originals):
+            module._parameters[name] = orig
 
     return restore
 

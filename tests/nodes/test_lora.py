@@ -110,7 +110,7 @@ def lora_dir(models_dir, base_models):
     partial = kohya_sd15(unet, te, seed=5)
     partial.update({"lora_unet_down_blocks_9_nothing.lora_down.weight": torch.zeros(2, 8),
                     "lora_unet_down_blocks_9_nothing.lora_up.weight": torch.zeros(8, 2),
-                    "lora_unet_mid_block_resnets_0_conv1.diff_b": torch.zeros(64)})  # a bias difference: not applied
+                    "lora_unet_mid_block_resnets_0_conv1.bias_indices": torch.zeros(4)})  # a sparse bias: not applied
     save_file(partial, str(d / "partial.safetensors"))
     te_only = {k: v for k, v in kohya_sd15(unet, te, seed=6).items() if k.startswith("lora_te_")}
     save_file(te_only, str(d / "te-only.safetensors"))
@@ -303,7 +303,7 @@ def test_partial_match_is_a_warning_with_counts(lora_dir, base_models, tmp_path)
     n = len(kohya_sd15(*base_models)) // 3
     msg = warnings[0].message
     assert f"applied {n} of {n + 1} layers" in msg and "2 keys not applied" in msg, msg
-    assert "lora_unet_down_blocks_9_nothing" in msg and "bias difference" in msg
+    assert "lora_unet_down_blocks_9_nothing" in msg and "sparse bias difference" in msg
 
 
 def test_model_only_and_text_only_files(lora_dir, tmp_path):
@@ -536,3 +536,87 @@ def test_dora_equals_peft_merge(base_models, layout):
     half, _ = _patched(unet, file, strength=0.5, metadata=meta)
     for name, ref in merged.items():
         assert torch.allclose(half[name], before[name] + 0.5 * (ref - before[name]), atol=1e-5, rtol=1e-4), name
+
+
+def test_lora_bias_equals_peft_merge(base_models):
+    """peft's `lora_bias=True`: lora_B carries a bias, scaled by alpha / r like the weight; the patched weights and
+    biases equal what peft merges (merge_and_unload), and restoring brings the originals back."""
+    import copy
+
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.utils import get_peft_model_state_dict
+
+    unet, _ = base_models
+    config = LoraConfig(r=4, lora_alpha=6, target_modules=["to_out.0", "proj_in", "ff.net.2"], lora_bias=True,
+                        init_lora_weights=False)
+    torch.manual_seed(17)
+    model = inject_adapter_in_model(config, copy.deepcopy(unet))
+    for name, p in model.named_parameters():
+        if "lora_B" in name and name.endswith("bias"):
+            p.data.normal_(0, 0.1)  # peft starts them at zero
+    file = {"unet." + k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
+    assert any(k.endswith("lora_B.bias") for k in file)
+    metadata = {"unet.r": 4, "unet.lora_alpha": 6}
+    merged = {}
+    for name, m in model.named_modules():
+        if hasattr(m, "get_delta_weight") and hasattr(m, "base_layer"):
+            bias = m.base_layer.bias + m.lora_B["default"].bias * m.scaling["default"]
+            merged[name] = (m.base_layer.weight + m.get_delta_weight("default"), bias.detach())
+    before = {n: (m.weight.detach().clone(), m.bias.detach().clone()) for n, m in unet.named_modules() if n in merged}
+    biases = _patched_biases(unet, file, metadata=metadata)
+    for name, (w, b) in merged.items():
+        assert torch.allclose(biases[name], b, atol=1e-6), name
+        assert not torch.equal(biases[name], before[name][1])
+    assert all(torch.equal(m.bias, before[n][1]) for n, m in unet.named_modules() if n in before)  # restored
+
+
+def test_lycoris_bias_difference_beside_a_weight_and_alone(base_models):
+    """LyCORIS `.diff_b`: added to the bias at the LoRA's strength, next to a weight difference, next to a LoRA
+    pair, or alone; a bias difference for a layer without a bias is reported by name."""
+    from nodes.sd.lora_apply import load_patches
+
+    unet, _ = base_models
+    g = gen(23)
+    full, lora, alone = "down_blocks.0.attentions.0.proj_in", "down_blocks.0.attentions.0.proj_out", \
+        "down_blocks.0.resnets.0.conv1"
+    f = lambda n: "lora_unet_" + n.replace(".", "_")  # noqa: E731
+    m_full, m_lora, m_alone = (unet.get_submodule(n) for n in (full, lora, alone))
+    out_c, in_c = m_lora.weight.shape[:2]
+    file = {f(full) + ".diff": torch.randn(m_full.weight.shape, generator=g) * 0.01,
+            f(full) + ".diff_b": torch.randn(m_full.bias.shape, generator=g),
+            f(lora) + ".lora_down.weight": torch.randn(2, in_c, 1, 1, generator=g),
+            f(lora) + ".lora_up.weight": torch.randn(out_c, 2, 1, 1, generator=g), f(lora) + ".alpha": torch.tensor(1.0),
+            f(lora) + ".diff_b": torch.randn(m_lora.bias.shape, generator=g),
+            f(alone) + ".diff_b": torch.randn(m_alone.bias.shape, generator=g)}
+    before = {n: unet.get_submodule(n).bias.detach().clone() for n in (full, lora, alone)}
+    biases = _patched_biases(unet, file, strength=0.5)
+    for n in (full, lora, alone):
+        assert torch.allclose(biases[n], before[n] + 0.5 * file[f(n) + ".diff_b"], atol=1e-6), n
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:  # to_q has no bias in SD's attention
+        path = Path(tmp) / "b.safetensors"
+        q = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
+        save_file({f(q) + ".diff_b": torch.zeros(unet.get_submodule(q).weight.shape[0]),
+                   f(full) + ".diff_b": torch.zeros(m_full.bias.shape)}, str(path))
+        loaded = load_patches(path, unet, {}, 1.0, 0.0)
+        assert loaded.resolution.matched == 1 and f(q) in loaded.warning and "no bias" in loaded.warning
+
+
+def _patched_biases(unet, file: dict, strength: float = 1.0, metadata: dict | None = None) -> dict:
+    """The UNet's biases with `file` applied (restored afterwards)."""
+    import tempfile
+
+    from nodes.sd.lora_apply import apply_patches, load_patches
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "bias.safetensors"
+        save_file(file, str(path), metadata={"lora_adapter_metadata": json.dumps(metadata)} if metadata else None)
+        loaded = load_patches(path, unet, {}, strength, 0.0)
+        assert loaded.warning is None, loaded.warning
+        restore = apply_patches(unet, (loaded.unet_patch,), "unet")
+        try:
+            return {n: m.bias.detach().clone() for n, m in unet.named_modules()
+                    if isinstance(getattr(m, "bias", None), torch.Tensor)}
+        finally:
+            restore()
