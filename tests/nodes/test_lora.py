@@ -400,8 +400,10 @@ def _lycoris_reference(unet, config, seed: int) -> tuple[dict, dict]:
     return file, merged
 
 
-def _patched(unet, file: dict, strength: float = 1.0, metadata: dict | None = None) -> tuple[dict, int]:
-    """The UNet's weights with `file` applied at `strength` (restored afterwards), and how many layers matched."""
+def _patched(unet, file: dict, strength: float = 1.0, metadata: dict | None = None,
+             param: str = "weight") -> tuple[dict, int]:
+    """The UNet's weights (or biases) with `file` applied at `strength` (restored afterwards), and how many layers
+    matched."""
     import tempfile
 
     from nodes.sd.lora_apply import apply_patches, load_patches
@@ -413,11 +415,11 @@ def _patched(unet, file: dict, strength: float = 1.0, metadata: dict | None = No
         assert loaded.warning is None, loaded.warning
         restore = apply_patches(unet, (loaded.unet_patch,), "unet")
         try:
-            weights = {n: m.weight.detach().clone() for n, m in unet.named_modules() if hasattr(m, "weight")
-                       and isinstance(getattr(m, "weight", None), torch.Tensor)}
+            values = {n: getattr(m, param).detach().clone() for n, m in unet.named_modules()
+                      if isinstance(getattr(m, param, None), torch.Tensor)}
         finally:
             restore()
-    return weights, loaded.resolution.matched
+    return values, loaded.resolution.matched
 
 
 @pytest.mark.parametrize("kind,conv_cp", [("loha", False), ("loha", True), ("lokr", False), ("lokr", True)])
@@ -563,7 +565,7 @@ def test_lora_bias_equals_peft_merge(base_models):
             bias = m.base_layer.bias + m.lora_B["default"].bias * m.scaling["default"]
             merged[name] = (m.base_layer.weight + m.get_delta_weight("default"), bias.detach())
     before = {n: (m.weight.detach().clone(), m.bias.detach().clone()) for n, m in unet.named_modules() if n in merged}
-    biases = _patched_biases(unet, file, metadata=metadata)
+    biases, _ = _patched(unet, file, metadata=metadata, param="bias")
     for name, (w, b) in merged.items():
         assert torch.allclose(biases[name], b, atol=1e-6), name
         assert not torch.equal(biases[name], before[name][1])
@@ -589,7 +591,7 @@ def test_lycoris_bias_difference_beside_a_weight_and_alone(base_models):
             f(lora) + ".diff_b": torch.randn(m_lora.bias.shape, generator=g),
             f(alone) + ".diff_b": torch.randn(m_alone.bias.shape, generator=g)}
     before = {n: unet.get_submodule(n).bias.detach().clone() for n in (full, lora, alone)}
-    biases = _patched_biases(unet, file, strength=0.5)
+    biases, _ = _patched(unet, file, strength=0.5, param="bias")
     for n in (full, lora, alone):
         assert torch.allclose(biases[n], before[n] + 0.5 * file[f(n) + ".diff_b"], atol=1e-6), n
     import tempfile
@@ -602,21 +604,3 @@ def test_lycoris_bias_difference_beside_a_weight_and_alone(base_models):
         loaded = load_patches(path, unet, {}, 1.0, 0.0)
         assert loaded.resolution.matched == 1 and f(q) in loaded.warning and "no bias" in loaded.warning
 
-
-def _patched_biases(unet, file: dict, strength: float = 1.0, metadata: dict | None = None) -> dict:
-    """The UNet's biases with `file` applied (restored afterwards)."""
-    import tempfile
-
-    from nodes.sd.lora_apply import apply_patches, load_patches
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "bias.safetensors"
-        save_file(file, str(path), metadata={"lora_adapter_metadata": json.dumps(metadata)} if metadata else None)
-        loaded = load_patches(path, unet, {}, strength, 0.0)
-        assert loaded.warning is None, loaded.warning
-        restore = apply_patches(unet, (loaded.unet_patch,), "unet")
-        try:
-            return {n: m.bias.detach().clone() for n, m in unet.named_modules()
-                    if isinstance(getattr(m, "bias", None), torch.Tensor)}
-        finally:
-            restore()
