@@ -61,10 +61,12 @@ def read_input_image(image: str, ctx: NodeContext):
 
 
 def _save(images, ctx: NodeContext, prefix: str, kind: str) -> NodeUI:
+    from nodes.impl.filenames import expand_prefix
     from nodes.impl.images import UnsafePath, atomic_save_png, next_counter, png_info, safe_join, tensor_to_pils
 
     root = ctx.folders.folder_of(kind)
     root.mkdir(parents=True, exist_ok=True)
+    prefix = expand_prefix(prefix, width=int(images.shape[2]), height=int(images.shape[1]), workflow=ctx.workflow)
     try:
         target = safe_join(root, prefix + ".png")
     except UnsafePath as exc:
@@ -89,8 +91,10 @@ def _save(images, ctx: NodeContext, prefix: str, kind: str) -> NodeUI:
 
 @node(category="image", output_node=True)
 def save_image(images: IMAGE, ctx: NodeContext,
-               filename_prefix: Annotated[str, Field(description="file name start; may include a sub-folder")] = "loom") -> NodeUI:
-    """Save PNGs to the output folder, with the workflow embedded (ComfyUI-compatible text chunks)."""
+               filename_prefix: Annotated[str, Field(description="file name start; may include a sub-folder and ComfyUI's "
+                                                                 "%date:yyyy-MM-dd%, %width%, %Node.input% placeholders")] = "loom") -> NodeUI:
+    """Save PNGs to the output folder, with the workflow embedded (ComfyUI-compatible text chunks). The prefix takes
+    ComfyUI's placeholders: %date:FORMAT%, %year% .. %second%, %width% / %height%, %NodeTitle.input%."""
     return _save(images, ctx, filename_prefix, "output")
 
 

@@ -423,3 +423,28 @@ def test_image_nodes_declared_in_catalog():
     assert reg.get("LoadImage").schema().inputs[0].upload == "image"
     assert [o.name for o in reg.get("LoadImage").outputs] == ["image", "mask"]
     assert [o.name for o in reg.get("ImagePad").outputs] == ["image", "mask"]
+
+
+# --- SaveImage filename placeholders ---------------------------------------------------------------------------
+def test_filename_placeholders_expand_as_in_comfyui():
+    from datetime import datetime
+
+    from nodes.impl.filenames import expand_prefix
+
+    now = datetime(2026, 3, 4, 5, 6, 7)
+    wf = {"nodes": {"s": {"type": "Sample", "inputs": {"seed": 42, "unet": {"node": "c", "output": "unet"}},
+                          "ui": {"title": "KSampler"}},
+                    "c": {"type": "LoadCheckpoint", "inputs": {"name": "loom-shapes"}},
+                    "t": {"type": "EncodeText", "inputs": {"text": {"value": {"x": 1}}}}}}
+    got = expand_prefix("%date:yyyy-MM-dd%/%date:yy M d hh-mm-ss%_%year%%month%%day%_%hour%%minute%%second%_"
+                        "%width%x%height%_%KSampler.seed%_%LoadCheckpoint.name%_%c.name%_%s.unet%_%nope%",
+                        width=96, height=64, workflow=wf, now=now)
+    assert got == ("2026-03-04/26 3 4 05-06-07_20260304_050607_96x64_42_loom-shapes_loom-shapes_%s.unet%_%nope%")
+    assert expand_prefix("plain/name", width=1, height=1) == "plain/name"
+
+
+def test_save_image_expands_the_prefix(folders):
+    out = N.save_image(torch.rand(1, 4, 6, 3), ctx(folders, workflow={"nodes": {"n1": {"type": "Seed", "inputs": {"seed": 9}}}}),
+                       filename_prefix="sub/%Seed.seed%_%width%x%height%")
+    assert out.images[0].subfolder == "sub" and out.images[0].filename == "9_6x4_00001_.png"
+    assert (folders.output / "sub" / "9_6x4_00001_.png").is_file()
