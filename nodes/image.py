@@ -299,6 +299,33 @@ def image_batch(image1: IMAGE, image2: IMAGE) -> IMAGE:
     return torch.cat([image1, image2.to(image1.dtype)])
 
 
+class ImageSize(Outputs):
+    width: int
+    height: int
+    batch_size: int
+
+
+@node(category="image")
+def get_image_size(image: IMAGE) -> ImageSize:
+    """The width, height and batch size of an image, to feed sizes elsewhere (ComfyUI's GetImageSize)."""
+    return ImageSize(width=int(image.shape[2]), height=int(image.shape[1]), batch_size=int(image.shape[0]))
+
+
+@node(category="image/batch", output_name="image")
+def repeat_image_batch(image: IMAGE, amount: Annotated[int, Field(1, ge=1, le=4096)] = 1) -> IMAGE:
+    """The batch repeated `amount` times (ComfyUI's RepeatImageBatch)."""
+    return image.repeat(amount, 1, 1, 1)
+
+
+@node(category="image/batch", output_name="image")
+def image_from_batch(image: IMAGE, batch_index: Annotated[int, Field(0, ge=0, le=4095)] = 0,
+                     length: Annotated[int, Field(1, ge=1, le=4096)] = 1) -> IMAGE:
+    """`length` images from `batch_index` on, clipped to the batch as ComfyUI's ImageFromBatch does (an index past
+    the end takes the last image)."""
+    start = min(image.shape[0] - 1, batch_index)
+    return image[start:start + min(image.shape[0] - start, length)].clone()
+
+
 @node(category="image", output_name="image")
 def empty_image(width: Annotated[int, Field(512, ge=1, le=MAX_SIZE)] = 512,
                 height: Annotated[int, Field(512, ge=1, le=MAX_SIZE)] = 512,

@@ -448,3 +448,32 @@ def test_save_image_expands_the_prefix(folders):
                        filename_prefix="sub/%Seed.seed%_%width%x%height%")
     assert out.images[0].subfolder == "sub" and out.images[0].filename == "9_6x4_00001_.png"
     assert (folders.output / "sub" / "9_6x4_00001_.png").is_file()
+
+
+# --- image size and batch utilities (ComfyUI's GetImageSize, RepeatImageBatch, ImageFromBatch) -------------------
+def test_image_size_feeds_other_nodes_and_batch_utilities(tmp_path):
+    from engine.compat.comfy import prompt_to_workflow
+
+    settings = Settings(input_dir=tmp_path, output_dir=tmp_path / "out")
+    Image.new("RGB", (24, 16), (10, 20, 30)).save(tmp_path / "small.png")
+    prompt = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "small.png"}},
+        "2": {"class_type": "GetImageSize", "inputs": {"image": ["1", 0]}},
+        "3": {"class_type": "RepeatImageBatch", "inputs": {"image": ["1", 0], "amount": 3}},
+        "4": {"class_type": "ImageFromBatch", "inputs": {"image": ["3", 0], "batch_index": 5, "length": 4}},
+        "5": {"class_type": "EmptyImage", "inputs": {"width": ["2", 1], "height": ["2", 0], "batch_size": ["2", 2],
+                                                    "color": 0}},
+        "6": {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": "size"}},
+        "7": {"class_type": "PreviewImage", "inputs": {"images": ["4", 0]}},
+    }
+    ex = Executor(Registry.default(), settings, OutputCache())
+    r = ex.run(prompt_to_workflow(prompt, ex.registry))
+    assert r.status == "success", r.error
+    size = ex.cache.peek(r.signatures["2"])
+    assert (size["width"], size["height"], size["batch_size"]) == (24, 16, 1)
+    assert ex.cache.peek(r.signatures["3"])["image"].shape == (3, 16, 24, 3)
+    assert ex.cache.peek(r.signatures["4"])["image"].shape == (1, 16, 24, 3)  # index past the end: the last one
+    assert Image.open(r.output_paths(settings)["6"][0]).size == (16, 24)  # width and height swapped by the links
+    batch = torch.arange(5.0).reshape(5, 1, 1, 1).expand(5, 2, 2, 3)
+    assert N.image_from_batch(batch, 1, 2)[:, 0, 0, 0].tolist() == [1.0, 2.0]
+    assert N.image_from_batch(batch, 3, 9)[:, 0, 0, 0].tolist() == [3.0, 4.0]
