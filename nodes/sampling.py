@@ -22,7 +22,7 @@ SEED_MAX = 2**64 - 1
 
 SchedulerName = Literal[
     "model_default", "euler", "euler_a", "heun", "dpm2", "dpm2_a", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m", "dpmpp_sde",
-    "dpm_single", "lms", "ddim", "ddpm", "pndm", "unipc", "deis", "lcm",
+    "dpm_single", "lms", "ddim", "ddpm", "pndm", "unipc", "deis", "lcm", "dpmpp_2s_ancestral",
 ]
 Sigmas = Literal["default", "karras", "exponential", "beta"]
 Steps = Annotated[int, Field(20, ge=1, le=1000)]

@@ -3,7 +3,8 @@ guider and noise are separate nodes, combined by one sampling node. Same stage f
 
 A SIGMAS value is either a `SigmaRecipe` (BasicScheduler: the scheduler computes the sigmas) or a `SigmaList`
 (KarrasScheduler, ExponentialScheduler, ...: the sigmas themselves, sampled through diffusers'
-`set_timesteps(sigmas=...)`, Euler only). Both carry the part to run, so SplitSigmas works on either."""
+`set_timesteps(sigmas=...)` for Euler and DPM++ 2S ancestral, or an adapter that rebuilds the other k-diffusion
+schedulers' arrays: see nodes/sd/sigma_schedulers.py). Both carry the part to run, so SplitSigmas works on either."""
 
 from __future__ import annotations
 
@@ -207,8 +208,8 @@ def sd_turbo_scheduler(unet: UNET, steps: Annotated[int, Field(1, ge=1, le=10)] 
 
 
 def _values(sigmas) -> tuple[float, ...]:
-    """The sigmas a SIGMAS value stands for, its part only. A recipe's are the ones Euler computes for it (the only
-    scheduler that samples a sigma list, so Euler then samples the same schedule)."""
+    """The sigmas a SIGMAS value stands for, its part only. A recipe's are the ones Euler computes for it (so a
+    sampler of sigma lists then samples the same schedule)."""
     if isinstance(sigmas, SigmaList):
         return sigmas.visible()
     import torch
@@ -290,7 +291,7 @@ def sample_guided(noise: NOISE, guider: GUIDER, sampler: SAMPLER_ALGO, sigmas: S
 
 
 def _list_spec(sampler: str, unet, sigmas: SigmaList, noise, latent):
-    """The recipe for sampling a sigma list: Euler (see nodes/sd/schedulers.py), every step from a sigma above 0, and
+    """The recipe for sampling a sigma list: a scheduler that can (nodes/sd/schedulers.py), every step from a sigma above 0, and
     no noise added to an empty (or masked) latent unless the part starts at the list's highest sigma: those start
     from pure noise at `init_noise_sigma`, which diffusers takes from the highest sigma."""
     from nodes.sd.schedulers import SchedulerError, explicit_spec

@@ -39,6 +39,7 @@ SCHEDULERS: dict[str, SchedulerInfo] = {
     "unipc": SchedulerInfo("UniPCMultistepScheduler", (), "UniPC"),
     "deis": SchedulerInfo("DEISMultistepScheduler", (), "DEIS"),
     "lcm": SchedulerInfo("LCMScheduler", (), "LCM"),
+    "dpmpp_2s_ancestral": SchedulerInfo("DPMPP2SAncestralScheduler", (), "DPM++ 2S ancestral"),
 }
 
 SCHEDULER_NAMES = ["model_default", *SCHEDULERS]
@@ -51,6 +52,7 @@ COMFY_SAMPLERS = {
     "lms": "lms", "dpmpp_2m": "dpmpp_2m", "dpmpp_2m_sde": "dpmpp_2m_sde", "dpmpp_2m_sde_gpu": "dpmpp_2m_sde",
     "dpmpp_3m_sde": "dpmpp_3m", "dpmpp_sde": "dpmpp_sde", "dpmpp_sde_gpu": "dpmpp_sde", "ddim": "ddim",
     "ddpm": "ddpm", "uni_pc": "unipc", "uni_pc_bh2": "unipc", "lcm": "lcm", "deis": "deis",
+    "dpmpp_2s_ancestral": "dpmpp_2s_ancestral",
 }
 COMFY_SCHEDULERS = {"normal": "default", "simple": "default", "sgm_uniform": "default", "ddim_uniform": "default",
                     "karras": "karras", "exponential": "exponential", "beta": "beta"}
@@ -60,13 +62,28 @@ class SchedulerError(ValueError):
     pass
 
 
-# Schedulers that sample a given sigma list (ComfyUI's SIGMAS from KarrasScheduler, ExponentialScheduler, ...). In
-# diffusers 0.42.1 only EulerDiscreteScheduler takes `set_timesteps(sigmas=...)` for these models' sigmas (it derives
-# each step's timestep by log-sigma interpolation over the training sigmas, as for its own karras sigmas). UniPC takes
-# `sigmas=` only with `use_flow_sigmas` (flow-matching models); Heun, DPM++ 2M/single-step, DDPM and LCM take only
-# `timesteps=` (their sigmas are re-derived from timesteps, rounded to integers or interpolated linearly in sigma, so a
-# given sigma list would not be sampled as given); EulerAncestral, LMS, DPM2, DPM++ SDE, DEIS, DDIM and PNDM take neither.
-SIGMA_LIST_CLASSES = ("EulerDiscreteScheduler",)
+# scheduler classes of ours, with diffusers' interface (nodes/sd/sigma_schedulers.py)
+OWN_SCHEDULER_CLASSES = ("DPMPP2SAncestralScheduler",)
+
+
+# Schedulers that sample a given sigma list (ComfyUI's SIGMAS from KarrasScheduler, ExponentialScheduler, ...), each step's
+# timestep derived by log-sigma interpolation over the training sigmas (as diffusers maps its own karras sigmas):
+# - EulerDiscreteScheduler takes `set_timesteps(sigmas=...)` itself, as does our DPMPP2SAncestralScheduler
+#   (nodes/sd/sigma_schedulers.py: ComfyUI's dpmpp_2s_ancestral, which diffusers lacks);
+# - the other k-diffusion-family classes (EulerAncestral, Heun, KDPM2, KDPM2Ancestral, LMS, DPMSolverSDE) compute their
+#   own sigmas only: `sigma_schedulers.set_sigma_list` lets each compute its schedule for N steps, then replaces its
+#   sigmas, timesteps and every array it derives from them (Heun/DPM2/SDE interleaving, DPM2's midpoint sigmas and
+#   timesteps, DPM2 ancestral's sigma_up/down, LMS's derivatives) as its own set_timesteps builds them; a list equal to
+#   the class's own sigmas gives its own run (tests/nodes/test_sigma_samplers.py).
+# A list that ends above 0 (FlipSigmas, a split part) gets its last step's second evaluation, as k-diffusion does.
+# Refused: DDIM, DDPM, PNDM and LCM (integer timesteps indexing alphas_cumprod: no sigmas to replace); DPM++ 2M / 2M SDE /
+# 3M, DPM single-step, UniPC and DEIS (not adapted yet: multistep solvers whose lower-order-final / final-sigma rules
+# and timestep rounding are tied to their own schedule; no exactness test covers them).
+# The ancestral / SDE ones (sigma_schedulers.NOISY) refuse a rising list (FlipSigmas unsampling): their fresh noise
+# needs sigma_next < sigma.
+SIGMA_LIST_CLASSES = ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler",
+                      "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler", "LMSDiscreteScheduler",
+                      "DPMSolverSDEScheduler", "DPMPP2SAncestralScheduler")
 
 
 @dataclass(frozen=True)
@@ -83,22 +100,39 @@ class ExplicitSigmasSpec(SchedulerSpec):
 
 
 def takes_sigma_list(class_name: str) -> bool:
-    import inspect
-
-    cls = scheduler_class(class_name)
-    return class_name in SIGMA_LIST_CLASSES and "sigmas" in inspect.signature(cls.set_timesteps).parameters
+    return class_name in SIGMA_LIST_CLASSES
 
 
 def explicit_spec(name: str, model_config: dict, sigmas: tuple, seed_for_sde: int | None = None) -> ExplicitSigmasSpec:
     """The recipe for sampling `sigmas` with scheduler `name`; fails naming the schedulers that can."""
     spec = make_spec(name, model_config, max(len(sigmas) - 1, 1), 1.0, "default", seed_for_sde=seed_for_sde)
+    what = f"{name!r} ({spec.class_name})"
     if not takes_sigma_list(spec.class_name):
         able = [n for n, i in SCHEDULERS.items() if takes_sigma_list(i.class_name)]
-        what = f"{name!r} ({spec.class_name})"
         raise SchedulerError(f"scheduler {what} cannot sample a given sigma list (diffusers computes its own sigmas); "
                              f"schedulers that can: {', '.join(able)}")
-    return ExplicitSigmasSpec(**{f.name: getattr(spec, f.name) for f in fields(SchedulerSpec)},
-                              sigmas=tuple(float(s) for s in sigmas))
+    values = tuple(float(s) for s in sigmas)
+    if spec.class_name != "EulerDiscreteScheduler":
+        if len(values) < 2:
+            raise SchedulerError(f"scheduler {what} needs a sigma list of at least two sigmas (one step)")
+        if any(not v > 0 for v in values[:-1]):
+            raise SchedulerError(f"scheduler {what} samples sigma lists whose sigmas are above 0 except the last; "
+                                 f"this one has 0 at step {next(i for i, v in enumerate(values[:-1]) if not v > 0)}")
+        from .sigma_schedulers import DISTINCT, NOISY
+
+        repeated = [i for i in range(len(values) - 1) if values[i + 1] == values[i]]
+        if repeated and spec.class_name in DISTINCT:
+            able = [n for n, i in SCHEDULERS.items() if takes_sigma_list(i.class_name) and i.class_name not in DISTINCT]
+            raise SchedulerError(f"scheduler {what} divides by the change of sigma between steps and cannot sample a "
+                                 f"list that repeats sigma {values[repeated[0]]:g} (step {repeated[0]}); schedulers "
+                                 f"that can: {', '.join(able)}")
+        rising = [i for i in range(len(values) - 1) if values[i + 1] > values[i]]
+        if rising and spec.class_name in NOISY:
+            able = [n for n, i in SCHEDULERS.items() if takes_sigma_list(i.class_name) and i.class_name not in NOISY]
+            raise SchedulerError(f"scheduler {what} adds fresh noise each step and cannot step up a rising sigma list "
+                                 f"(step {rising[0]}: {values[rising[0]]:g} -> {values[rising[0] + 1]:g}; FlipSigmas "
+                                 f"unsampling); schedulers that can: {', '.join(able)}")
+    return ExplicitSigmasSpec(**{f.name: getattr(spec, f.name) for f in fields(SchedulerSpec)}, sigmas=values)
 
 
 def training_sigmas(model_config: dict) -> tuple[float, ...]:
@@ -110,8 +144,13 @@ def training_sigmas(model_config: dict) -> tuple[float, ...]:
 
 
 def scheduler_class(class_name: str) -> type:
+    """A diffusers scheduler class by name, or one of ours (nodes/sd/sigma_schedulers.py)."""
     import diffusers
 
+    if class_name in OWN_SCHEDULER_CLASSES:
+        from .sigma_schedulers import OWN_SCHEDULERS
+
+        return OWN_SCHEDULERS[class_name]
     cls = getattr(diffusers, class_name, None)
     if cls is None:
         raise SchedulerError(f"diffusers has no scheduler {class_name!r}")
@@ -170,11 +209,14 @@ def set_timesteps(spec: SchedulerSpec, device: torch.device) -> tuple[Any, torch
     """A fresh scheduler with its timesteps set; for denoise < 1, only the tail (img2img strength).
 
     Returns (scheduler, timesteps, t_start) exactly as diffusers' img2img pipeline computes them. An explicit
-    sigma list goes to `set_timesteps(sigmas=...)` whole (its parts are cut by the caller's start/end steps).
+    sigma list is set whole (its parts are cut by the caller's start/end steps): through `set_timesteps(sigmas=...)`
+    where the class takes it, else through its adapter (nodes/sd/sigma_schedulers.py).
     """
     sched = instantiate(spec)
     if isinstance(spec, ExplicitSigmasSpec):
-        sched.set_timesteps(sigmas=list(spec.sigmas), device=device)
+        from .sigma_schedulers import set_sigma_list
+
+        set_sigma_list(sched, spec.sigmas, device)
         if hasattr(sched, "set_begin_index"):  # steps by position: clamped timesteps may repeat
             sched.set_begin_index(0)
         return sched, sched.timesteps, 0

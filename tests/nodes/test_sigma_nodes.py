@@ -210,7 +210,7 @@ def test_split_sigma_list_sampled_in_two_parts_equals_the_whole(ex, model_config
 
 
 @pytest.mark.parametrize("sampler,cls", [("dpmpp_2m", "DPMSolverMultistepScheduler"),
-                                         ("euler_a", "EulerAncestralDiscreteScheduler")])
+                                         ("ddim", "DDIMScheduler")])  # euler_a takes lists now (test_sigma_samplers.py)
 def test_a_scheduler_that_cannot_take_a_sigma_list_is_named(ex, sampler, cls):
     nodes = _nodes({"type": "KarrasScheduler", "inputs": {"steps": 4}}, sampler)
     nodes["parts"] = _parts(L("lat", "latent"), L("sigmas", "sigmas"))
