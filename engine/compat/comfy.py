@@ -69,8 +69,8 @@ def _ensure_tables() -> None:
     if not COMFY_CLASSES or "CheckpointLoaderSimple" not in COMFY_CLASSES or "LoraLoader" not in COMFY_CLASSES:
         import importlib
 
-        for mod in ("nodes.image", "nodes.mask", "nodes.vae", "nodes.unet_patches", "nodes.upscale", "nodes.comfy_compat",
-                    "nodes.comfy_compat_control"):
+        for mod in ("nodes.image", "nodes.mask", "nodes.vae", "nodes.unet_patches", "nodes.upscale", "nodes.ip_adapter",
+                    "nodes.comfy_compat", "nodes.comfy_compat_control"):
             try:
                 importlib.import_module(mod)
             except ImportError:

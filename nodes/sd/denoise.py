@@ -269,18 +269,21 @@ def _predict_parts(unet: UNetHandle, latents: torch.Tensor, t: torch.Tensor, pos
     predictions, over the prompts active at this step, each weighted per pixel by its mask times its strength
     (1 everywhere without a mask); where no prompt counts, zero. Each prompt runs alone, with its own ControlNets."""
     from .control import control_for_step
+    from .ip_adapter import alone
 
     trained = int(getattr(state.scheduler.config, "num_train_timesteps", 1000) or 1000)
     down = max(1, state.image_size[0] // latents.shape[-2]) if state.image_size[0] else 8
 
-    def side(c: Conditioning) -> torch.Tensor:
+    def side(c: Conditioning, other: Conditioning | None) -> torch.Tensor:
         num: torch.Tensor | None = None
         den: torch.Tensor | None = None
         for part in conditioning_parts(c):
             if not active_at(part, t, trained):
                 continue
+            # IP-Adapter: a prompt run alone keeps its image prompts and takes the other side's, mirrored, as its rows
+            # of a guided batch would (so the uncond run sees the positive's blank-image tokens)
             single = replace(part, start=0.0, end=1.0, mask=None, mask_bounds=False, strength=1.0, area=None,
-                             area_fraction=None)
+                             area_fraction=None, image_prompts=alone(part, other))
             region = _region(part, latents, down)
             x_in, part_state = latents, state
             if region is not None:  # the model sees the area only (SDXL's size conditioning: the area's size)
@@ -306,7 +309,8 @@ def _predict_parts(unet: UNetHandle, latents: torch.Tensor, t: torch.Tensor, pos
             return torch.zeros_like(latents)
         return (num / (den + 1e-37)).to(latents.dtype)
 
-    return NoisePrediction(cond=side(positive), uncond=side(negative) if negative is not None else None)
+    return NoisePrediction(cond=side(positive, negative),
+                           uncond=side(negative, positive) if negative is not None else None)
 
 
 def predict_noise(unet: UNetHandle, latents: torch.Tensor, t: torch.Tensor, positive: Conditioning,
@@ -333,12 +337,17 @@ def predict_noise(unet: UNetHandle, latents: torch.Tensor, t: torch.Tensor, posi
     down, mid = None, None
     if control is not None:
         down, mid = control(model_in, t, embeds, added, use_cfg)
+    from .ip_adapter import installed_for_call, prompts_for_call
     from .patching import applied
 
-    with applied(unet, devices) as model:
+    # IP-Adapter image prompts: the tokens of this call's rows (as the embeds: [uncond, cond] under guidance), given to
+    # attention installed on the UNet for this call only (`extra` holds the call's cross_attention_kwargs, or is empty)
+    prompts = prompts_for_call(positive, negative if use_cfg else None, state, step, b)
+    with applied(unet, devices) as model, installed_for_call(model, prompts, devices, unet.family) as extra:
         call = model if runner is None else runner(model)
         out = call(model_in, t, encoder_hidden_states=embeds, added_cond_kwargs=added,
-                   down_block_additional_residuals=down, mid_block_additional_residual=mid, return_dict=False)[0]
+                   down_block_additional_residuals=down, mid_block_additional_residual=mid, return_dict=False,
+                   **extra)[0]
     if use_cfg:
         uncond, cond = out.chunk(2)
         return _with_v_frame(NoisePrediction(cond=cond, uncond=uncond), unet, latents, t, state)

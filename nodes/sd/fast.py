@@ -44,6 +44,7 @@ from .fused_step import (  # the fused step's maths (re-exported: tests and the 
     FUSED_KINDS, FusedControls, Recipe, fused_controls, fused_recipe, make_step, scheduler_update, step_constants,
     update_ddim, update_dpmpp_2m, update_euler, update_euler_a,
 )
+from .ip_adapter import active_key as ip_active_key
 from .unet_hooks import active_hooks
 
 log = logging.getLogger("latentloom.fast")
@@ -477,7 +478,7 @@ class ModuleCall:
             scale = kwargs.pop("conditioning_scale")  # a per-step float: applied outside, one graph for all
             kwargs["conditioning_scale"] = 1.0
         key = ("module", self.what, id(model), _signature(args), _signature(kwargs), self.layout,
-               str(self.device), opts, active_hooks(model))
+               str(self.device), opts, active_hooks(model), ip_active_key(model))  # IP-Adapter attention installed
         first = args[0] if args and isinstance(args[0], torch.Tensor) else None
         shape = "x".join(str(s) for s in first.shape) if first is not None else "?"
         with torch.no_grad(), _backend_flags(self.device):
@@ -623,6 +624,9 @@ def sample(unet: Any, positive: Any, negative: Any, latent: Any, noise_spec: Any
         recipe, why = None, "combined or step-limited conditioning (predicted prompt by prompt)"
     if recipe is not None and unet.cfg_rescale and use_cfg:
         recipe, why = None, "RescaleCFG (guidance in v space)"
+    if recipe is not None and (positive.image_prompts or (neg is not None and neg.image_prompts)):
+        # the fused step calls the UNet without IP-Adapter image tokens; stage-wise, predict_noise passes them
+        recipe, why = None, "IP-Adapter image prompts (the UNet call takes per-call image tokens)"
     controls = None
     if recipe is not None and (positive.controls or (neg is not None and neg.controls)):
         channels = int(unet.in_channels)

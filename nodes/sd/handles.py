@@ -244,6 +244,9 @@ class Conditioning:
     area: tuple[int, int, int, int] | None = None
     # ConditioningSetAreaPercentage: the same as fractions of the image (at most one of the two is set)
     area_fraction: tuple[float, float, float, float] | None = None
+    # ApplyIPAdapter: IP-Adapter image prompts (nodes/sd/ip_adapter.ImagePrompt), applied by the node that runs the
+    # UNet to this conditioning's rows of each call (and, mirrored, to the other side's rows under guidance)
+    image_prompts: tuple = ()
 
     def __loom_summary__(self) -> dict[str, Any]:
         e = self.embeds
@@ -251,7 +254,7 @@ class Conditioning:
                 "dtype": str(e.dtype).replace("torch.", ""), "device": str(e.device),
                 "min": float(e.min()), "max": float(e.max()), "mean": float(e.float().mean()),
                 "pooled": list(self.pooled.shape) if self.pooled is not None else None,
-                "controls": len(self.controls), "combined": len(self.combined),
+                "controls": len(self.controls), "combined": len(self.combined), "image_prompts": len(self.image_prompts),
                 "steps": [self.start, self.end]}
 
 
