@@ -109,6 +109,9 @@ _TILED_DROPPED = {"overlap": None, "temporal_size": None, "temporal_overlap": No
 TABLE = {
     "CheckpointLoaderSimple": ComfyClass("LoadCheckpoint", {"ckpt_name": "name"}, ["unet", "text_encoder", "vae"],
                                          widgets=("ckpt_name",)),
+    # the legacy loader with an LDM yaml: the architecture is detected from the weights here, so the yaml is not needed
+    "CheckpointLoader": ComfyClass("LoadCheckpoint", {"ckpt_name": "name", "config_name": None}, ["unet", "text_encoder", "vae"],
+                                   widgets=("config_name", "ckpt_name")),
     "CLIPTextEncode": ComfyClass("EncodeText", {"clip": "text_encoder"}, ["conditioning"], widgets=("text",)),
     "CLIPTextEncodeSDXL": ComfyClass("EncodeTextSDXL", {"clip": "text_encoder", "width": "original_width",
                                                         "height": "original_height", "crop_w": "crop_left",

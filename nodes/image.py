@@ -134,6 +134,22 @@ def image_scale_to_total_pixels(image: IMAGE, method: Interp = "bilinear",
     return resize_image(image, max(1, round(w * scale)), max(1, round(h * scale)), method, "disabled")
 
 
+@node(category="image/transform", output_name="image")
+def image_scale_to_max_dimension(image: IMAGE, method: Interp = "area",
+                                 largest_size: Annotated[int, Field(512, ge=1, le=MAX_SIZE)] = 512) -> IMAGE:
+    """Resize, keeping the aspect ratio, so the longer side is `largest_size` (ComfyUI's ImageScaleToMaxDimension)."""
+    from nodes.impl.transform import resize_image
+
+    h, w = image.shape[1:3]
+    if h > w:
+        w, h = max(1, round(w / h * largest_size)), largest_size
+    elif w > h:
+        w, h = largest_size, max(1, round(h / w * largest_size))
+    else:
+        w = h = largest_size
+    return resize_image(image, w, h, method, "disabled")
+
+
 @node(category="image/transform")
 def image_scale_by(image: IMAGE, scale: Annotated[float, Field(2.0, ge=0.01, le=16.0), Widget(step=0.05)] = 2.0,
                    method: Interp = "bilinear") -> IMAGE:

@@ -200,6 +200,8 @@ register_comfy_class("ImageScale", ComfyClass("ImageResize", inputs={"image": "i
 register_comfy_class("ImageScaleBy", ComfyClass("ImageScaleBy", inputs={"scale_by": "scale"}, outputs=["image"], convert=_image_scale,
                                                 widgets=("upscale_method", "scale_by")))
 register_comfy_class("ImageInvert", ComfyClass("ImageInvert", outputs=["image"]))
+register_comfy_class("ImageScaleToMaxDimension", ComfyClass("ImageScaleToMaxDimension", outputs=["image"], convert=_image_scale,
+                                                            widgets=("upscale_method", "largest_size")))
 register_comfy_class("ImageCompositeMasked", ComfyClass("ImageComposite", outputs=["image"], widgets=("x", "y", "resize_source")))
 register_comfy_class("ImageBlend", ComfyClass("ImageBlend", outputs=["image"], widgets=("blend_factor", "blend_mode")))
 register_comfy_class("ImageScaleToTotalPixels", ComfyClass("ImageScaleToTotalPixels", outputs=["image"], convert=_image_scale,

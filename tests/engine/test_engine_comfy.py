@@ -247,3 +247,12 @@ def test_litegraph_refuses_a_subgraph_without_nodes_and_api_prompts():
         litegraph_to_prompt(lg)
     with pytest.raises(ComfyTranslationError, match="no 'nodes' list"):
         litegraph_to_prompt({"1": {"class_type": "LoadImage"}})
+
+
+def test_legacy_checkpoint_loader_drops_its_yaml():
+    wf = prompt_to_workflow({"1": {"class_type": "CheckpointLoader",
+                                   "inputs": {"config_name": "v1-inference.yaml", "ckpt_name": "sd15.safetensors"}}})
+    assert wf["nodes"]["1"]["type"] == "LoadCheckpoint" and wf["nodes"]["1"]["inputs"] == {"name": "sd15.safetensors"}
+    lg = {"nodes": [_n(1, "CheckpointLoader", (0, 0), widgets=["v1-inference.yaml", "sd15.safetensors"])], "links": []}
+    prompt, _, warnings = litegraph_to_prompt(lg)
+    assert prompt["1"]["inputs"] == {"config_name": "v1-inference.yaml", "ckpt_name": "sd15.safetensors"} and not warnings

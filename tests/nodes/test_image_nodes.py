@@ -477,3 +477,16 @@ def test_image_size_feeds_other_nodes_and_batch_utilities(tmp_path):
     batch = torch.arange(5.0).reshape(5, 1, 1, 1).expand(5, 2, 2, 3)
     assert N.image_from_batch(batch, 1, 2)[:, 0, 0, 0].tolist() == [1.0, 2.0]
     assert N.image_from_batch(batch, 3, 9)[:, 0, 0, 0].tolist() == [3.0, 4.0]
+
+
+def test_scale_to_max_dimension_keeps_the_aspect_ratio():
+    from engine.compat.comfy import prompt_to_workflow
+
+    assert N.image_scale_to_max_dimension(torch.rand(1, 30, 60, 3), "area", 40).shape == (1, 20, 40, 3)
+    assert N.image_scale_to_max_dimension(torch.rand(1, 60, 45, 3), "bilinear", 40).shape == (1, 40, 30, 3)
+    assert N.image_scale_to_max_dimension(torch.rand(1, 7, 7, 3), "nearest", 5).shape == (1, 5, 5, 3)
+    node = prompt_to_workflow({"1": {"class_type": "ImageScaleToMaxDimension",
+                                     "inputs": {"image": ["2", 0], "upscale_method": "nearest-exact", "largest_size": 64}},
+                               "2": {"class_type": "LoadImage", "inputs": {"image": "a.png"}}})["nodes"]["1"]
+    assert node["type"] == "ImageScaleToMaxDimension"
+    assert {k: v for k, v in node["inputs"].items() if k != "image"} == {"method": "nearest", "largest_size": 64}
