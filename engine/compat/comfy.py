@@ -64,17 +64,29 @@ def is_comfy_prompt(data: Any) -> bool:
     return bool(data) and all(isinstance(v, dict) and "class_type" in v for v in data.values())
 
 
-def _ensure_tables() -> None:
-    # the node families register their ComfyUI equivalents when imported
-    if not COMFY_CLASSES or "CheckpointLoaderSimple" not in COMFY_CLASSES or "LoraLoader" not in COMFY_CLASSES:
-        import importlib
+_tables_loaded = False
 
-        for mod in ("nodes.image", "nodes.mask", "nodes.vae", "nodes.unet_patches", "nodes.upscale", "nodes.ip_adapter",
-                    "nodes.comfy_compat", "nodes.comfy_compat_control"):
+
+def _ensure_tables() -> None:
+    """Import every node family once (`nodes/*.py`, the modules `Registry.load_package` discovers): each registers
+    its ComfyUI equivalents when imported, so a translation without a registry sees them all."""
+    global _tables_loaded
+    if _tables_loaded:
+        return
+    import importlib
+    import pkgutil
+
+    try:
+        pkg = importlib.import_module("nodes")
+    except ImportError:
+        return
+    for info in pkgutil.iter_modules(pkg.__path__, prefix="nodes."):
+        if not info.ispkg:
             try:
-                importlib.import_module(mod)
-            except ImportError:
+                importlib.import_module(info.name)
+            except Exception:  # a family whose optional dependency is missing: its classes stay untranslated
                 pass
+    _tables_loaded = True
 
 
 def _our_widgets(d: Any) -> tuple[str, ...]:

@@ -138,9 +138,9 @@ def explicit_spec(name: str, model_config: dict, sigmas: tuple, seed_for_sde: in
 def training_sigmas(model_config: dict) -> tuple[float, ...]:
     """The model's sigma for each training timestep 0..T-1, sqrt((1 - alphas_cumprod) / alphas_cumprod), exactly as
     diffusers' Euler scheduler computes it (float32) to map sigmas to timesteps."""
-    sched = instantiate(make_spec("euler", model_config, 1))
-    ac = sched.alphas_cumprod
-    return tuple(float(s) for s in (((1 - ac) / ac) ** 0.5).numpy())
+    from .sigma_schedulers import training_sigma_table
+
+    return tuple(float(s) for s in training_sigma_table(instantiate(make_spec("euler", model_config, 1))))
 
 
 def scheduler_class(class_name: str) -> type:

@@ -26,10 +26,16 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
 
+def training_sigma_table(scheduler: Any) -> np.ndarray:
+    """The sigma of each training timestep 0..T-1, sqrt((1 - alphas_cumprod) / alphas_cumprod), in float32 as
+    diffusers' k-diffusion schedulers compute it."""
+    ac = scheduler.alphas_cumprod
+    return (((1 - ac) / ac) ** 0.5).numpy()
+
+
 def log_training_sigmas(scheduler: Any) -> np.ndarray:
     """log sigma of each training timestep 0..T-1 (float32), as EulerDiscreteScheduler computes it for `sigmas=`."""
-    ac = scheduler.alphas_cumprod
-    return np.log((((1 - ac) / ac) ** 0.5).numpy())
+    return np.log(training_sigma_table(scheduler))
 
 
 def sigma_to_t(sigma: Any, log_sigmas: np.ndarray) -> np.ndarray:
@@ -267,7 +273,7 @@ class DPMPP2SAncestralScheduler(SchedulerMixin, ConfigMixin):
         self._begin_index: int | None = None
         self.sample: torch.Tensor | None = None
         # until set_timesteps: the training sigmas and timesteps, as diffusers' k-diffusion schedulers start
-        sigmas = (((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5).numpy()
+        sigmas = training_sigma_table(self)
         self.sigmas = torch.from_numpy(np.concatenate([sigmas[::-1], [0.0]]).astype(np.float32))
         self.timesteps = torch.arange(num_train_timesteps - 1, -1, -1, dtype=torch.float32)
         self._plan: list[dict] = []
@@ -465,4 +471,4 @@ class DPMPP2SAncestralScheduler(SchedulerMixin, ConfigMixin):
 OWN_SCHEDULERS: dict[str, type] = {"DPMPP2SAncestralScheduler": DPMPP2SAncestralScheduler}
 
 __all__ = ["ADAPTERS", "DISTINCT", "DPMPP2SAncestralScheduler", "NATIVE", "NOISY", "OWN_SCHEDULERS", "ancestral_step",
-           "list_timesteps", "log_training_sigmas", "set_sigma_list", "sigma_to_t"]
+           "list_timesteps", "log_training_sigmas", "set_sigma_list", "sigma_to_t", "training_sigma_table"]
